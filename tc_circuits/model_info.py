@@ -19,28 +19,58 @@ if TYPE_CHECKING:  # pragma: no cover
 PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed")
 
 
-def _centered(weight: torch.Tensor, dim: int) -> bool:
-    w = weight.detach().float()
-    scale = w.abs().mean().clamp_min(1e-12)
-    return bool((w.mean(dim).abs().max() / scale) < 1e-4)
+def _centered(weights: list[torch.Tensor], dim: int) -> bool:
+    """Whether each tensor has zero mean along ``dim``, relative to its own mean ``|w|``."""
+    for weight in weights:
+        w = weight.detach().float()
+        # the L1 norm needs no |w| temporary (W_U of a 50k vocabulary is 150 MB)
+        scale = max(float(torch.linalg.vector_norm(w.reshape(-1), 1)) / max(1, w.numel()), 1e-12)
+        if not float(w.mean(dim).abs().max()) / scale < 1e-4:
+            return False
+    return True
+
+
+def _writing_weights(model: HookedTransformer) -> list[torch.Tensor]:
+    """Per-layer matrices that write to the residual stream (no stacked copy of all layers)."""
+    ws = [model.embed.W_E]
+    if hasattr(model, "pos_embed") and hasattr(model.pos_embed, "W_pos"):
+        ws.append(model.pos_embed.W_pos)
+    for block in model.blocks:
+        ws.append(block.attn.W_O)
+        if hasattr(block, "mlp"):
+            ws.append(block.mlp.W_out)
+    return ws
+
+
+def _weights_key(weights: list[torch.Tensor]) -> tuple:
+    """Changes whenever a weight is replaced or modified in place (``_version``)."""
+    return tuple((w.data_ptr(), w._version, tuple(w.shape), w.dtype) for w in weights)
 
 
 def weight_processing(model: HookedTransformer) -> dict[str, bool]:
-    """The TransformerLens weight-processing flags of ``model``, read off the model itself."""
+    """The TransformerLens weight-processing flags of ``model``, read off the model itself.
+
+    Reading them scans every writing matrix and ``W_U``; the answer is cached on the model
+    and recomputed when any of those tensors is replaced or modified in place.
+    """
     cfg = model.cfg
     fold_ln = bool(getattr(cfg, "layer_norm_folding", False)) or cfg.normalization_type in (
         "LNPre",
         "RMSPre",
     )
-    writing = [model.W_E, model.W_pos] if hasattr(model, "W_pos") else [model.W_E]
-    writing += [model.W_O, model.W_out]
-    center_writing = all(_centered(w, -1) for w in writing)
-    center_unembed = _centered(model.W_U, -1)
-    return {
+    writing = _writing_weights(model)
+    W_U = model.unembed.W_U
+    key = (fold_ln, _weights_key([*writing, W_U]))
+    cached = getattr(model, "_tc_weight_processing", None)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    flags = {
         "fold_ln": fold_ln,
-        "center_writing_weights": center_writing,
-        "center_unembed": center_unembed,
+        "center_writing_weights": _centered(writing, -1),
+        "center_unembed": _centered([W_U], -1),
     }
+    model._tc_weight_processing = (key, dict(flags))
+    return flags
 
 
 def model_signature(model: HookedTransformer) -> dict[str, Any]:

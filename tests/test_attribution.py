@@ -67,6 +67,8 @@ def test_frozen_model_reproduces_real_forward(activation, skip):
         torch.testing.assert_close(out.mlp_in[L], ref.cache[f"blocks.{L}.ln2.hook_normalized"][0], atol=1e-10, rtol=0)
         torch.testing.assert_close(out.mlp_out[L], ref.cache[f"blocks.{L}.hook_mlp_out"][0], atol=1e-10, rtol=0)
     torch.testing.assert_close(lin.logits_at(out.final_ln_out), ref.real_logits[0], atol=1e-10, rtol=0)
+    # the last position's logits are unembedded from the cached final-LN output only
+    torch.testing.assert_close(lin.last_logits, ref.real_logits[0, -1], atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("activation,skip", CONFIGS)
@@ -307,3 +309,33 @@ def test_bad_inputs():
         attribute(model, sae, _tokens(), progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         attribute(model, tcs, _tokens(), batch_size=0, progress=False)
+
+
+def test_gc_paused_during_attribution_and_restored(monkeypatch):
+    import gc
+
+    import tc_circuits.attribution.engine as eng
+
+    model = make_tiny_model()
+    tcs = make_transcoders(model)
+    seen = []
+    real = eng.LinearisedModel
+
+    def spy(*a, **k):
+        seen.append(gc.isenabled())
+        return real(*a, **k)
+
+    monkeypatch.setattr(eng, "LinearisedModel", spy)
+    assert gc.isenabled()
+    attribute(model, tcs, _tokens(), progress=False)
+    assert seen == [False] and gc.isenabled()
+    # restored after an error too, and left disabled if the caller had disabled it
+    with pytest.raises(ValueError):
+        attribute(model, tcs, torch.zeros(0, dtype=torch.long), progress=False)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        attribute(model, tcs, _tokens(), progress=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

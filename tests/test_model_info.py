@@ -59,3 +59,30 @@ def test_model_signature() -> None:
         "d_vocab": 37,
         "weight_processing": ALL_FALSE,
     }
+
+
+def test_flags_cached_until_weights_change(monkeypatch) -> None:
+    import torch
+
+    import tc_circuits.model_info as mi
+
+    calls = []
+    real = mi._centered
+    monkeypatch.setattr(mi, "_centered", lambda ws, dim: calls.append(len(ws)) or real(ws, dim))
+    model = make_tiny_model()
+    assert weight_processing(model) == ALL_FALSE
+    n = len(calls)
+    assert n > 0
+    assert weight_processing(model) == ALL_FALSE
+    assert len(calls) == n  # second call: served from the cache, no scan
+    # an in-place edit of W_U must invalidate the cache
+    with torch.no_grad():
+        model.unembed.W_U -= model.unembed.W_U.mean(-1, keepdim=True)
+    assert weight_processing(model)["center_unembed"] is True
+    assert len(calls) > n
+    # process_weights_ (replaces / edits the writing weights) is seen too
+    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    assert weight_processing(model) == ALL_TRUE
+    # a returned dict is a copy: mutating it does not poison the cache
+    weight_processing(model)["fold_ln"] = False
+    assert weight_processing(model) == ALL_TRUE

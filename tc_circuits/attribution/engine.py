@@ -28,6 +28,8 @@ No node x node matrix is ever built: memory grows with the number of (non-zero) 
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import time
 import warnings
@@ -171,6 +173,29 @@ def _compute_rows(
     sink.add(row_nodes, torch.tensor([lay.const]), const_edges[:, None])
 
 
+def _pauses_gc(fn):
+    """Run ``fn`` with Python's cyclic garbage collector paused (re-enabled afterwards).
+
+    The engine makes no reference cycles, so reference counting frees everything it drops;
+    without the pause a full (generation-2) collection over the hundreds of thousands of
+    objects that importing ``transformers`` leaves behind can land inside the run and take
+    longer than the attribution itself (0.19 s of a 0.32 s graph, ``docs/performance.md``).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return wrapper
+
+
+@_pauses_gc
 def attribute(
     model,
     transcoders: dict,

@@ -164,11 +164,12 @@ class LinearisedModel:
                 names += [Site(L, "ln1_scale").hook_name, Site(L, "ln2_scale").hook_name]
         device = next(model.parameters()).device
         with torch.no_grad():
-            logits, cache = model.run_with_cache(
-                self.tokens[None].to(device), names_filter=lambda n: n in set(names)
+            # return_type=None skips the unembedding of every position; only the last
+            # position's logits are needed (below, from the cached final-LN output)
+            _, cache = model.run_with_cache(
+                self.tokens[None].to(device), names_filter=lambda n: n in set(names), return_type=None
             )
         self.device = device
-        self.last_logits = logits[0, -1].detach()
 
         def scale(name: str) -> Tensor:
             if nt is None:
@@ -183,6 +184,7 @@ class LinearisedModel:
         normalized = cache[global_hook("ln_final_normalized")][0].detach()
         lnf = self.ln_final
         self.final_ln_out = normalized * (1 if lnf.w is None else lnf.w) + (0 if lnf.b is None else lnf.b)
+        self.last_logits = self.logits_at(self.final_ln_out[-1:])[0]
         self.ln1, self.ln2, self.patterns = [], [], []
         self.mlp_in, self.mlp_out = [], []
         for L in range(self.n_layers):
