@@ -1,7 +1,7 @@
 """Benchmark: time and peak memory of the attribution engine vs prompt length and active features.
 
 Models are random (TransformerLens init) with random TopK skip transcoders; each run happens
-in a fresh subprocess so its peak RSS (``resource.getrusage``) is its own. Run:
+in a fresh subprocess so its peak RSS (``VmHWM``, :func:`_mem.peak_rss_mb`) is its own. Run:
 
     python bench/bench_attribution.py [--quick] [--device cpu|cuda]
 
@@ -19,6 +19,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _mem import peak_rss_mb  # noqa: E402
 
 SMALL = dict(n_layers=3, d_model=128, n_heads=4, d_mlp=512, d_vocab=2000, n_latents=1024)
 GPT2 = dict(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, d_vocab=50257, n_latents=1024)
@@ -69,7 +72,7 @@ def run_one(job: dict) -> dict:
         tokens = torch.randint(1, model.cfg.d_vocab, (job["length"],), generator=gen)
     else:
         model, tcs, tokens = build(job["spec"], job["length"], job["k"], job["device"])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mb()
     if job["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -77,12 +80,12 @@ def run_one(job: dict) -> dict:
     if job["device"] == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_mb()
     out = {
         **{k: v for k, v in job.items() if k != "spec"},
         "seconds": round(dt, 3),
-        "peak_rss_mb": round(peak / 1024, 1),
-        "rss_growth_mb": round((peak - base) / 1024, 1),
+        "peak_rss_mb": round(peak, 1),
+        "rss_growth_mb": round(peak - base, 1),
         "active_features": g.metadata["n_active_features"],
         "expanded_features": int(g.nodes.expanded[g.indices_of("feature")].sum()),
         "nodes": g.n_nodes,
