@@ -178,7 +178,7 @@ def _pauses_gc(fn):
 
     The engine makes no reference cycles, so reference counting frees everything it drops;
     without the pause a full (generation-2) collection over the hundreds of thousands of
-    objects that importing ``transformers`` leaves behind can land inside the run and take
+    objects that importing ``transformer_lens`` leaves behind can land inside the run and take
     longer than the attribution itself (0.19 s of a 0.32 s graph, ``docs/performance.md``).
     """
 
