@@ -142,3 +142,42 @@ def test_training_step_fast_equals_reference(monkeypatch, dead_every):
     assert torch.equal(res[True][1], res[False][1])
     for a, b in zip(res[True][2], res[False][2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("P, block", [(8, 2), (7, 3), (5, 256)])
+def test_causal_transpose_matmul_equals_dense(monkeypatch, P, block):
+    import tc_circuits.attribution.linearise as lz
+
+    monkeypatch.setattr(lz, "_CAUSAL_BLOCK", block)
+    gen = torch.Generator().manual_seed(P)
+    A = torch.rand(3, P, P, dtype=torch.float64, generator=gen).tril()  # causal patterns
+    x = torch.randn(3, P, 4, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(lz._causal_transpose_matmul(A, x), A.transpose(1, 2) @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_adjoint_blocked_equals_reference(monkeypatch):
+    """The blocked causal path inside the transposed pass (small block so 8 tokens use it)."""
+    import tc_circuits.attribution.linearise as lz
+
+    monkeypatch.setattr(lz, "_CAUSAL_BLOCK", 2)
+    model = make_model64()
+    tcs = make_transcoders(model, layers=[0, 1])
+    tokens = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(3))
+    lin = lz.LinearisedModel(model, tcs, tokens)
+    g = torch.randn(5, 8, model.cfg.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for L in range(model.cfg.n_layers):
+        torch.testing.assert_close(lin._attn_adjoint(L, g), lin._attn_adjoint_reference(L, g), rtol=1e-12, atol=1e-12)
+
+
+def test_attribute_with_blocked_adjoint_equals_dense(monkeypatch):
+    import tc_circuits.attribution.linearise as lz
+
+    model = make_model64()
+    tcs = make_transcoders(model)
+    tokens = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(5))
+    dense = attribute(model, tcs, tokens, progress=False)
+    monkeypatch.setattr(lz, "_CAUSAL_BLOCK", 2)
+    blocked = attribute(model, tcs, tokens, progress=False)
+    assert torch.equal(dense.edge_target, blocked.edge_target)
+    assert torch.equal(dense.edge_source, blocked.edge_source)
+    torch.testing.assert_close(dense.edge_weight, blocked.edge_weight, rtol=1e-12, atol=1e-12)
