@@ -181,3 +181,23 @@ def test_attribute_with_blocked_adjoint_equals_dense(monkeypatch):
     assert torch.equal(dense.edge_target, blocked.edge_target)
     assert torch.equal(dense.edge_source, blocked.edge_source)
     torch.testing.assert_close(dense.edge_weight, blocked.edge_weight, rtol=1e-12, atol=1e-12)
+
+
+def test_vjp_never_mutates_a_yielded_gradient():
+    """The transposed pass works in place on its temporaries only: every yielded ``g`` keeps
+    its value after the pass moves on (the engine reads edges off it while iterating)."""
+    from tc_circuits.attribution.linearise import LinearisedModel
+
+    model = make_model64(n_layers=3)
+    tcs = make_transcoders(model, layers=[0, 2])  # layer 1 without a transcoder: no skip path there
+    tokens = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(6))
+    lin = LinearisedModel(model, tcs, tokens)
+    gen = torch.Generator().manual_seed(7)
+    # layer 1 gets neither a skip path nor an injected row: its step adds to ``g`` directly
+    layers = torch.tensor([model.cfg.n_layers, 2, 0])
+    positions = torch.tensor([7, 5, 6])
+    vectors = torch.randn(3, model.cfg.d_model, dtype=torch.float64, generator=gen)
+    seen = [(L, g, g.clone()) for L, g in lin.vjp(layers, positions, vectors)]
+    assert [L for L, _, _ in seen] == [2, 1, 0, -1]
+    for _, g, snapshot in seen:
+        assert torch.equal(g, snapshot)

@@ -105,13 +105,18 @@ class FrozenLN:
             y = y + self.b
         return y
 
-    def adjoint(self, g: Tensor, affine: bool = True) -> Tensor:
-        """Transpose of the linear part, applied to a gradient ``[..., pos, d]``."""
+    def adjoint(self, g: Tensor, affine: bool = True, *, inplace: bool = False) -> Tensor:
+        """Transpose of the linear part, applied to a gradient ``[..., pos, d]``.
+
+        ``w / scale`` is applied as one ``[pos, d]`` factor; ``inplace=True`` overwrites ``g``
+        (the transposed pass uses it on its own temporaries: no ``[batch, pos, d]`` copies).
+        """
+        f = 1 / self.scale[: g.shape[-2], None]
         if affine and self.w is not None:
-            g = g * self.w
-        g = g / self.scale[: g.shape[-2], None]
+            f = f * self.w
+        g = g.mul_(f) if inplace else g * f
         if self.center:
-            g = g - g.mean(-1, keepdim=True)
+            g.sub_(g.mean(-1, keepdim=True))
         return g
 
 
@@ -339,18 +344,22 @@ class LinearisedModel:
         for L in range(min(top, self.n_layers - 1), -1, -1):
             if nonzero:
                 yield L, g
-            h = torch.zeros_like(g)
+            # below, only fresh temporaries are modified in place: a yielded ``g`` never changes
             tc = self.transcoders.get(L)
+            sel = layers == L
+            h = None  # gradient at mlp_in (skip path + rows injected here)
             if nonzero and tc is not None and tc.W_skip is not None:
                 h = g @ tc.W_skip.detach().T.to(g.dtype)
-            sel = layers == L
             if bool(sel.any()):
+                if h is None:
+                    h = torch.zeros_like(g)
                 h[rows[sel], positions[sel]] += vectors[sel]
                 nonzero = True
             if not nonzero:
                 continue
-            g = g + self.ln2[L].adjoint(h, affine=False)
-            g = g + self.ln1[L].adjoint(self._attn_adjoint(L, g))
+            if h is not None:  # g += ln2^T h
+                g = self.ln2[L].adjoint(h, affine=False, inplace=True).add_(g)
+            g = self.ln1[L].adjoint(self._attn_adjoint(L, g), inplace=True).add_(g)
         yield -1, g
 
     def _attn_adjoint(self, L: int, g: Tensor) -> Tensor:
