@@ -42,8 +42,13 @@ def _writing_weights(model: HookedTransformer) -> list[torch.Tensor]:
     return ws
 
 
-def _weights_key(weights: list[torch.Tensor]) -> tuple:
-    """Changes whenever a weight is replaced or modified in place (``_version``)."""
+def _weights_key(weights: list[torch.Tensor]) -> tuple | None:
+    """Changes whenever a weight is replaced or modified in place (``_version``).
+
+    ``None`` (do not cache) if a weight is an inference-mode tensor: those have no version counter.
+    """
+    if any(w.is_inference() for w in weights):
+        return None
     return tuple((w.data_ptr(), w._version, tuple(w.shape), w.dtype) for w in weights)
 
 
@@ -60,9 +65,10 @@ def weight_processing(model: HookedTransformer) -> dict[str, bool]:
     )
     writing = _writing_weights(model)
     W_U = model.unembed.W_U
-    key = (fold_ln, _weights_key([*writing, W_U]))
+    wkey = _weights_key([*writing, W_U])
+    key = None if wkey is None else (fold_ln, wkey)
     cached = getattr(model, "_tc_weight_processing", None)
-    if cached is not None and cached[0] == key:
+    if key is not None and cached is not None and cached[0] == key:
         return dict(cached[1])
     flags = {
         "fold_ln": fold_ln,

@@ -86,3 +86,15 @@ def test_flags_cached_until_weights_change(monkeypatch) -> None:
     # a returned dict is a copy: mutating it does not poison the cache
     weight_processing(model)["fold_ln"] = False
     assert weight_processing(model) == ALL_TRUE
+
+
+def test_flags_of_a_model_built_in_inference_mode() -> None:
+    """Inference-mode weights have no version counter: the flags are computed, not cached."""
+    import torch
+
+    with torch.inference_mode():
+        model = make_tiny_model()
+    assert model.unembed.W_U.is_inference()
+    assert weight_processing(model) == ALL_FALSE
+    assert weight_processing(model) == ALL_FALSE
+    assert model_signature(model)["weight_processing"] == ALL_FALSE
