@@ -337,9 +337,8 @@ class LinearisedModel:
         top = int(layers.max())
         fin = layers == self.n_layers
         if bool(fin.any()):
-            inj = torch.zeros_like(g)
-            inj[rows[fin], positions[fin]] = vectors[fin]
-            g = self.ln_final.adjoint(inj)
+            g[rows[fin], positions[fin]] = vectors[fin]
+            g = self.ln_final.adjoint(g, inplace=True)
         nonzero = bool(fin.any())
         for L in range(min(top, self.n_layers - 1), -1, -1):
             if nonzero:
