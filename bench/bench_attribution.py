@@ -31,7 +31,7 @@ def build(spec: dict, n_ctx: int, k: int, device: str):
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from tc_circuits.transcoder import Transcoder, TranscoderConfig
+    from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
     cfg = HookedTransformerConfig(
         n_layers=spec["n_layers"], d_model=spec["d_model"], n_heads=spec["n_heads"],

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_training  # noqa: E402
-import tc_circuits.losses as losses  # noqa: E402
+import tc_circuits.coders.losses as losses  # noqa: E402
 from bench_floor import best_time  # noqa: E402
 
 

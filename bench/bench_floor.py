@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-import tc_circuits.losses as losses
+import tc_circuits.coders.losses as losses
 from bench_training import make_step  # bench/ is on sys.path when run as a script
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tc_circuits.losses import auxk_loss, fvu, topk_forward
-from tc_circuits.train_config import TrainConfig
-from tc_circuits.training import train_transcoders
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.coders.losses import auxk_loss, fvu, topk_forward
+from tc_circuits.training.config import TrainConfig
+from tc_circuits.training.trainer import train_transcoders
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
 
 def random_model(n_layers=3, d_model=128, n_ctx=128, d_vocab=512) -> HookedTransformer:

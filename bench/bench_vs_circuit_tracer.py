@@ -103,7 +103,7 @@ def run_ours(workdir: Path, job: dict) -> dict:
     model = HookedTransformer(_cfg(workdir))
     model.load_state_dict(torch.load(workdir / "model.pt"))
     model.eval()
-    from tc_circuits.model_info import weight_processing
+    from tc_circuits.models.model_info import weight_processing
 
     tcs = load_circuit_tracer(workdir / "tcs", processing=weight_processing(model))
     model.cfg.model_name = tcs[0].cfg.model_name  # the format keeps a short name; same weights

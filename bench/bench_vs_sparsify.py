@@ -3,7 +3,7 @@
 Step level (not the full pipelines): both sides train on the same ``(mlp_in, mlp_out)``
 activations of the organism's layer 1 (collected once with TransformerLens and saved), with
 the same width, k, batch size, number of tokens, Adam and learning rate, AuxK on. Ours:
-``tc_circuits.losses.topk_forward`` + ``fvu`` + ``auxk_loss`` (the trainer's step, initialised as
+``tc_circuits.coders.losses.topk_forward`` + ``fvu`` + ``auxk_loss`` (the trainer's step, initialised as
 ``Trainer`` does: zero decoder and skip, ``b_dec`` = mean of the first batch's outputs); sparsify:
 ``SparseCoder(transcode=True, skip_connection=True)`` with its fused TopK encoder and
 embedding-bag decoder (``sparsify.SparseCoder.forward``). Each side runs in its own fresh
@@ -36,7 +36,7 @@ def prepare(path: Path, n_tokens: int, layer: int) -> None:
     import torch
 
     from tc_circuits.organism import load_organism
-    from tc_circuits.sites import Site
+    from tc_circuits.models.sites import Site
 
     model = load_organism()
     gen = torch.Generator().manual_seed(0)
@@ -61,9 +61,9 @@ def run(side: str, data: Path, job: dict) -> dict:
     xt, yt = x[-B:], y[-B:]  # held out
     dm = x.shape[1]
     if side in ("ours", "ours-reference"):
-        import tc_circuits.losses as losses
-        from tc_circuits.losses import auxk_loss, fvu, topk_forward
-        from tc_circuits.transcoder import Transcoder, TranscoderConfig
+        import tc_circuits.coders.losses as losses
+        from tc_circuits.coders.losses import auxk_loss, fvu, topk_forward
+        from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
         losses._FAST_TRAIN_STEP = side == "ours"  # "ours-reference": the plain reference kernels
         tc = Transcoder(TranscoderConfig(d_in=dm, d_out=dm, n_latents=n, k=k, skip=True))

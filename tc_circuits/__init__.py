@@ -6,10 +6,10 @@ The public surface is re-exported here; importing the package has no side effect
 from tc_circuits.attribution import attribute
 from tc_circuits.graph import AttributionGraph
 from tc_circuits.organism import load_organism, load_organism_transcoders
-from tc_circuits.sites import Site
-from tc_circuits.splice import splice
-from tc_circuits.training import TrainConfig, train_transcoders
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderOutput, TranscoderSet
+from tc_circuits.models.sites import Site
+from tc_circuits.evaluation.splice import splice
+from tc_circuits.training.trainer import TrainConfig, train_transcoders
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderOutput, TranscoderSet
 
 __all__ = [
     "AttributionGraph",

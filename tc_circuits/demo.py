@@ -47,7 +47,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
     import json
 
     from tc_circuits.attribution import attribute, direction_target, logit_effects, top_tokens
-    from tc_circuits.evaluation import evaluate_reconstruction, evaluate_splice
+    from tc_circuits.evaluation.evaluate import evaluate_reconstruction, evaluate_splice
     from tc_circuits.graph.prune import prune_graph
     from tc_circuits.organism import load_organism, load_organism_transcoders, organism_token_source
     from tc_circuits.tasks import evaluate_task

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
-from tc_circuits.sites import Site, global_hook
+from tc_circuits.models.sites import Site, global_hook
 
 
 class FeatureIntervention(NamedTuple):

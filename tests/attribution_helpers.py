@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from conftest import make_tiny_model
 
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderSet
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 
 
 def make_model64(**kwargs):

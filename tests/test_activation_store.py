@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from tc_circuits.activation_store import ActivationStore
-from tc_circuits.data import as_token_factory
-from tc_circuits.sites import Site, mlp_in, mlp_out
+from tc_circuits.training.activation_store import ActivationStore
+from tc_circuits.training.data import as_token_factory
+from tc_circuits.models.sites import Site, mlp_in, mlp_out
 
 
 def _tokens(n_rows=12, seq=8, seed=2):

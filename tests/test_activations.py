@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tc_circuits.activations import ACTIVATIONS, apply_activation, jumprelu, topk, topk_indices
+from tc_circuits.coders.activations import ACTIVATIONS, apply_activation, jumprelu, topk, topk_indices
 
 
 def _pre(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -302,7 +302,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="other-model|tiny-test"):
         attribute(other, tcs, _tokens(), progress=False)
     sae = make_transcoders(model)
-    from tc_circuits.transcoder import Transcoder, TranscoderConfig
+    from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
     sae[0] = Transcoder(TranscoderConfig.for_model(model, 0, 16, kind="sae", k=2))
     with pytest.raises(ValueError, match="SAE"):

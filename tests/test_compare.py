@@ -12,12 +12,13 @@ import argparse
 from tc_circuits.cli import SUBCOMMANDS
 from tc_circuits.cli.compare import register
 from tc_circuits.cli.dataclass_args import dataclass_from_args
-from tc_circuits.compare import CompareConfig, evaluate_dictionaries, run_compare
-from tc_circuits.evaluation import evaluate_splice
-from tc_circuits.splice import count_hooks
+from tc_circuits.evaluation.compare import CompareConfig, evaluate_dictionaries, run_compare
+from tc_circuits.viz.compare_report import write_outputs
+from tc_circuits.evaluation.evaluate import evaluate_splice
+from tc_circuits.evaluation.splice import count_hooks
 from tc_circuits.tasks import evaluate_task
 from tc_circuits.tasks.greater_than import GreaterThanConfig, GreaterThanTask
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 from tests.conftest import make_tiny_model
 from tests.test_greater_than import tiny_tokenizer
 
@@ -55,6 +56,7 @@ def test_compare_end_to_end(tmp_path):
     assert row.delta_ce == pytest.approx(direct.delta_ce, rel=1e-5, abs=1e-7)
     assert row.gt_prob_diff == pytest.approx(evaluate_task(model, task, trained).spliced, rel=1e-5)
     assert res.gt_original == pytest.approx(task.metric(model(task.tokens)), rel=1e-6)
+    write_outputs(res, tmp_path / "cmp")
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "## k sweep" in md and md.count("| skip_transcoder |") == 3 + 2
     page = (tmp_path / "cmp" / "compare.html").read_text()

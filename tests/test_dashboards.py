@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import make_tiny_model
 
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderSet
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 from tc_circuits.viz.dashboard_html import dashboard_figure, dashboard_html, histogram_svg
 from tc_circuits.viz.dashboards import DashboardConfig, compute_dashboards, quantile_picks, weight_dashboard
 from tc_circuits.viz.feature_stats import StreamConfig, latent_activations, stream_activation_stats

@@ -11,7 +11,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import PreTrainedTokenizerFast
 
-from tc_circuits.data import (
+from tc_circuits.training.data import (
     as_token_factory,
     pack_tokens,
     rebatch,

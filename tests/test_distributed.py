@@ -11,9 +11,9 @@ import torch.multiprocessing as mp
 from conftest import make_tiny_model
 from safetensors.torch import load_file, save_file
 
-from tc_circuits.distributed import DistInfo, dist_info, rank_slice
-from tc_circuits.train_config import TrainConfig
-from tc_circuits.training import train_transcoders
+from tc_circuits.training.distributed import DistInfo, dist_info, rank_slice
+from tc_circuits.training.config import TrainConfig
+from tc_circuits.training.trainer import train_transcoders
 
 CFG = TrainConfig(layers=(0, 1), kind="skip_transcoder", n_latents=64, k=4, batch_size=64,
                   buffer_tokens=256, total_tokens=64 * 8, warmup_steps=2, lr=3e-3,

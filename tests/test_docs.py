@@ -137,14 +137,14 @@ def test_tutorial_pages_match_sources():
 
 
 PUBLIC_MODULES = [
-    "tc_circuits.sites", "tc_circuits.transcoder", "tc_circuits.training", "tc_circuits.train_config",
-    "tc_circuits.data", "tc_circuits.activation_store", "tc_circuits.splice", "tc_circuits.evaluation",
-    "tc_circuits.metrics", "tc_circuits.tasks", "tc_circuits.tasks.greater_than", "tc_circuits.compare",
+    "tc_circuits.models.sites", "tc_circuits.coders.transcoder", "tc_circuits.training.trainer", "tc_circuits.training.config",
+    "tc_circuits.training.data", "tc_circuits.training.activation_store", "tc_circuits.evaluation.splice", "tc_circuits.evaluation.evaluate",
+    "tc_circuits.evaluation.metrics", "tc_circuits.tasks", "tc_circuits.tasks.greater_than", "tc_circuits.evaluation.compare",
     "tc_circuits.attribution.engine", "tc_circuits.attribution.linearise", "tc_circuits.attribution.targets",
     "tc_circuits.attribution.virtual_weights", "tc_circuits.graph.graph", "tc_circuits.graph.prune",
     "tc_circuits.graph.scores", "tc_circuits.graph.export", "tc_circuits.interventions",
     "tc_circuits.viz.graph_view", "tc_circuits.viz.dashboards", "tc_circuits.viz.html_page",
-    "tc_circuits.formats", "tc_circuits.loading", "tc_circuits.tokenizers_gpt2", "tc_circuits.organism",
+    "tc_circuits.formats", "tc_circuits.models.loading", "tc_circuits.models.tokenizers_gpt2", "tc_circuits.organism",
 ]
 
 

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from tc_circuits.evaluation import (
+from tc_circuits.evaluation.evaluate import (
     ReconstructionMetrics,
     SpliceMetrics,
     evaluate_reconstruction,
     evaluate_splice,
     token_batches,
 )
-from tc_circuits.metrics import (
+from tc_circuits.evaluation.metrics import (
     ce_recovered,
     density_histogram,
     explained_variance,
@@ -23,8 +23,8 @@ from tc_circuits.metrics import (
     l0,
     next_token_ce,
 )
-from tc_circuits.splice import count_hooks, run_spliced
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.evaluation.splice import count_hooks, run_spliced
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
 
 def test_fvu_hand_example():

@@ -71,7 +71,7 @@ def test_attention_adjoint_matmuls_equal_einsum_reference():
 
 # ----------------------------------------------------------------- training step fast paths
 def _topk_tc(d=6, n=16, k=3, seed=0):
-    from tc_circuits.transcoder import Transcoder, TranscoderConfig
+    from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
     tc = Transcoder(TranscoderConfig(d_in=d, d_out=d + 1, n_latents=n, k=k, skip=True))
     g = torch.Generator().manual_seed(seed)

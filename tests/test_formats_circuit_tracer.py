@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import save_file
 
 from tc_circuits.formats import detect_format, load_any, load_circuit_tracer, save_circuit_tracer
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderSet
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 
 D, N = 8, 24
 

@@ -8,7 +8,7 @@ import torch
 
 from tc_circuits.cli import main
 from tc_circuits.formats import load_circuit_tracer, load_from_hub, load_saelens, save_saelens
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
 
 def _tc(layer=0, activation="relu", skip=True):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from tc_circuits.formats import detect_format, load_any, load_saelens, save_saelens
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
 D_IN, D_OUT, N = 8, 6, 20
 

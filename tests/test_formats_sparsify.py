@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from tc_circuits.formats import detect_format, load_any, load_sparsify, load_sparsify_many
 from tc_circuits.formats.sparsify import parse_hookpoint
-from tc_circuits.loading import load_model
+from tc_circuits.models.loading import load_model
 
 D, N, K, LAYER = 32, 64, 6, 1
 

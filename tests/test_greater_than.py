@@ -8,7 +8,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tc_circuits.splice import count_hooks, run_spliced
+from tc_circuits.evaluation.splice import count_hooks, run_spliced
 from tc_circuits.tasks import Task, evaluate_task, logit_diff
 from tc_circuits.tasks.greater_than import (
     GreaterThanConfig,
@@ -17,8 +17,8 @@ from tc_circuits.tasks.greater_than import (
     prompt_task,
     year_token_ids,
 )
-from tc_circuits.tokenizers_gpt2 import gpt2_tokenizer
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.models.tokenizers_gpt2 import gpt2_tokenizer
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 from tests.conftest import make_tiny_model
 
 SPLIT = r" ?[A-Za-z]+| ?\d\d| ?\d| ?[^\sA-Za-z\d]+|\s+"

@@ -7,9 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from tc_circuits.loading import is_local_model_dir, load_model
-from tc_circuits.model_info import weight_processing
-from tc_circuits.tokenizers_gpt2 import gpt2_tokenizer
+from tc_circuits.models.loading import is_local_model_dir, load_model
+from tc_circuits.models.model_info import weight_processing
+from tc_circuits.models.tokenizers_gpt2 import gpt2_tokenizer
 
 PROMPT = "The war lasted from the year 1732 to the year 17"
 
@@ -111,7 +111,7 @@ def test_bad_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="local_dir"):
         load_model("gpt2", local_dir=tmp_path)
     with pytest.raises(ValueError, match="dtype"):
-        from tc_circuits.loading import _dtype
+        from tc_circuits.models.loading import _dtype
 
         _dtype("float33")
 
@@ -135,7 +135,7 @@ def test_folder_without_tokenizer_files_uses_offline_gpt2_tokenizer(hf_gpt2, tmp
 
 
 def test_gpt2_tokenizer_dir_is_written_once(tmp_path):
-    from tc_circuits.tokenizers_gpt2 import gpt2_tokenizer_dir
+    from tc_circuits.models.tokenizers_gpt2 import gpt2_tokenizer_dir
 
     folder = gpt2_tokenizer_dir(tmp_path)
     stamp = (folder / "tokenizer.json").stat().st_mtime_ns

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_tiny_model
-from tc_circuits.model_info import PROCESSING_KEYS, model_signature, weight_processing
+from tc_circuits.models.model_info import PROCESSING_KEYS, model_signature, weight_processing
 
 ALL_FALSE = dict.fromkeys(PROCESSING_KEYS, False)
 ALL_TRUE = dict.fromkeys(PROCESSING_KEYS, True)
@@ -64,7 +64,7 @@ def test_model_signature() -> None:
 def test_flags_cached_until_weights_change(monkeypatch) -> None:
     import torch
 
-    import tc_circuits.model_info as mi
+    import tc_circuits.models.model_info as mi
 
     calls = []
     real = mi._centered

@@ -16,7 +16,7 @@ from tc_circuits.organism.model import TRANSCODER_KINDS, WEIGHTS_DIR
 from tc_circuits.organism.tokenizer import BOS, UNK, build_tokenizer
 from tc_circuits.organism.train import OrganismTrainConfig, greater_than_score, train_model
 from tc_circuits.tasks.greater_than import GreaterThanTask
-from tc_circuits.transcoder import Transcoder
+from tc_circuits.coders.transcoder import Transcoder
 
 PROMPT = "The war lasted from the year 1732 to the year 17"
 GT_RE = re.compile(r"the year (1\d)(\d\d)(?: to| and ended in) the year (1\d)(\d\d)\.")
@@ -136,7 +136,7 @@ def test_token_source(tokenizer) -> None:
 
 
 def test_load_organism_processed_and_equivalent_to_raw(model) -> None:
-    from tc_circuits.model_info import weight_processing
+    from tc_circuits.models.model_info import weight_processing
 
     assert weight_processing(model) == {"fold_ln": True, "center_writing_weights": True, "center_unembed": True}
     raw = load_organism(fold_ln=False, center_writing_weights=False, center_unembed=False)

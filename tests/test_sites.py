@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tc_circuits.sites import GLOBAL_HOOKS, SITE_KINDS, Site, global_hook, mlp_in, mlp_out, site_dim
+from tc_circuits.models.sites import GLOBAL_HOOKS, SITE_KINDS, Site, global_hook, mlp_in, mlp_out, site_dim
 from conftest import make_tiny_model
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tc_circuits.sites import Site
-from tc_circuits.splice import count_hooks, run_spliced, splice
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderSet
+from tc_circuits.models.sites import Site
+from tc_circuits.evaluation.splice import count_hooks, run_spliced, splice
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 from tests.conftest import make_tiny_model
 
 

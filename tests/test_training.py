@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-import tc_circuits.train_checkpoint as ckpt
+import tc_circuits.training.checkpoint as ckpt
 from tc_circuits.cli import train as cli_train
 from tc_circuits.cli.dataclass_args import dataclass_from_args
-from tc_circuits.losses import (
+from tc_circuits.coders.losses import (
     auxk_loss,
     centered_sum_sq,
     fvu,
@@ -23,9 +23,9 @@ from tc_circuits.losses import (
     l1_penalty,
     topk_forward,
 )
-from tc_circuits.train_config import TrainConfig, default_lr
-from tc_circuits.training import Trainer, train_transcoders
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderSet
+from tc_circuits.training.config import TrainConfig, default_lr
+from tc_circuits.training.trainer import Trainer, train_transcoders
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 
 
 def _tc(activation="topk", skip=True, d=6, n=10, k=3, seed=0) -> Transcoder:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import tc_circuits.transcoder as transcoder_mod
+import tc_circuits.coders.transcoder as transcoder_mod
 from conftest import make_tiny_model
-from tc_circuits.transcoder import (
+from tc_circuits.coders.transcoder import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     Transcoder,

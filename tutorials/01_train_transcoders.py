@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from tc_circuits import Site, TranscoderSet
-from tc_circuits.evaluation import evaluate_reconstruction
+from tc_circuits.evaluation.evaluate import evaluate_reconstruction
 from tc_circuits.organism import load_organism, organism_token_source
-from tc_circuits.training import TrainConfig, train_transcoders
+from tc_circuits.training.trainer import TrainConfig, train_transcoders
 
 model = load_organism()
 print(f"{model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp {model.cfg.d_mlp}, "

@@ -23,10 +23,10 @@
 # %%
 import torch
 
-from tc_circuits.compare import evaluate_dictionaries
-from tc_circuits.evaluation import evaluate_splice
+from tc_circuits.evaluation.compare import evaluate_dictionaries
+from tc_circuits.evaluation.evaluate import evaluate_splice
 from tc_circuits.organism import load_organism, load_organism_transcoders, organism_token_source
-from tc_circuits.splice import count_hooks, splice
+from tc_circuits.evaluation.splice import count_hooks, splice
 from tc_circuits.tasks import evaluate_task
 from tc_circuits.tasks.greater_than import GreaterThanConfig, GreaterThanTask
 
@@ -81,7 +81,7 @@ for kind, tcs in dictionaries.items():
 # %% [markdown]
 # ## The comparison table
 #
-# `tc_circuits.compare.evaluate_dictionaries` is the evaluation half of `tc-circuits
+# `tc_circuits.evaluation.compare.evaluate_dictionaries` is the evaluation half of `tc-circuits
 # compare` (which also trains the three kinds from scratch): on held-out corpus tokens it
 # reports, per layer and for all layers spliced at once, the FVU, L0, dead fraction, ΔCE
 # (nats of next-token loss added by splicing), KL to the original next-token distribution,

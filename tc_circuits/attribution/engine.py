@@ -52,7 +52,7 @@ from tc_circuits.attribution.linearise import LinearisedModel
 from tc_circuits.attribution.targets import Target, resolve_targets
 from tc_circuits.graph.graph import AttributionGraph, NodeTable
 from tc_circuits.graph.prune import normalized_weights, propagate_influence
-from tc_circuits.model_info import model_signature
+from tc_circuits.models.model_info import model_signature
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tc_circuits.sites import Site, global_hook
-from tc_circuits.transcoder import Transcoder
+from tc_circuits.models.sites import Site, global_hook
+from tc_circuits.coders.transcoder import Transcoder
 
 
 #: Key-block size of :func:`_causal_transpose_matmul`; prompts up to twice this use one matmul.

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tc_circuits.transcoder import Transcoder
+from tc_circuits.coders.transcoder import Transcoder
 
 
 def _rows(W: Tensor, idx: Tensor | list[int] | None) -> Tensor:

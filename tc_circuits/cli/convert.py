@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOptions()) -> Path:
     """Convert ``src`` to ``dst`` as ``opts`` says; returns ``dst``."""
     from tc_circuits.formats import detect_format, load_any, save_circuit_tracer, save_saelens
-    from tc_circuits.transcoder import Transcoder, TranscoderSet
+    from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
     fmt = opts.src_format or detect_format(src)
     processing = {

@@ -1,6 +1,6 @@
 """``tc-circuits train``: train transcoders / skip transcoders / SAEs on a model's activations.
 
-Options mirror :class:`tc_circuits.train_config.TrainConfig` (same defaults). Under
+Options mirror :class:`tc_circuits.training.config.TrainConfig` (same defaults). Under
 ``torchrun --nproc_per_node N -m tc_circuits train ...`` training is data-parallel (gloo).
 """
 
@@ -10,7 +10,7 @@ import argparse
 from functools import partial
 
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
-from tc_circuits.train_config import TrainConfig
+from tc_circuits.training.config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def _model_and_source(args: argparse.Namespace, cfg: TrainConfig):
         return model, partial(organism_token_source, cfg.seed, args.source_batch_rows, seq_len)
     from transformer_lens import HookedTransformer
 
-    from tc_circuits.data import as_token_factory, tokens_from_hf_dataset
+    from tc_circuits.training.data import as_token_factory, tokens_from_hf_dataset
 
     if args.dataset is None:
         raise ValueError("--dataset (a local datasets folder) is required for models other than 'organism'")
@@ -58,8 +58,8 @@ def _model_and_source(args: argparse.Namespace, cfg: TrainConfig):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tc_circuits.distributed import dist_info, init_from_env
-    from tc_circuits.training import train_transcoders
+    from tc_circuits.training.distributed import dist_info, init_from_env
+    from tc_circuits.training.trainer import train_transcoders
 
     cfg = dataclass_from_args(TrainConfig, args)
     if cfg.out_dir is None:

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, view_cfg=None, dashboard_cfg=None) -> Path:
     """Load the graph, model and transcoders as ``opts`` says and write the page; returns its path."""
     from tc_circuits.graph import AttributionGraph
-    from tc_circuits.transcoder import TranscoderSet
+    from tc_circuits.coders.transcoder import TranscoderSet
     from tc_circuits.viz.dashboards import DashboardConfig
     from tc_circuits.viz.graph_view import GraphViewConfig
     from tc_circuits.viz.html_page import write_graph_page
@@ -93,7 +93,7 @@ def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, view_cfg=None, da
         if opts.corpus:
             token_source = organism_token_source(opts.corpus_seed, opts.batch_size, opts.seq_len)
     else:
-        from tc_circuits.loading import load_model
+        from tc_circuits.models.loading import load_model
 
         model = load_model(opts.model)
         tcs = TranscoderSet.load(opts.transcoders, model=model)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tc_circuits.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 
 #: TransformerLens ``from_pretrained`` defaults: what a foreign checkpoint trained on a
 #: ``from_pretrained`` model assumes unless it says otherwise.

@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 
 from tc_circuits.fileio import atomic_write
 from tc_circuits.formats._common import build, check_shape, make_config, require, threshold_to_log
-from tc_circuits.sites import Site
-from tc_circuits.transcoder import Transcoder, TranscoderSet
+from tc_circuits.models.sites import Site
+from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
 CONFIG_FILE = "config.yaml"
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tc_circuits.transcoder import CONFIG_NAME, WEIGHTS_NAME, Transcoder, TranscoderSet
+from tc_circuits.coders.transcoder import CONFIG_NAME, WEIGHTS_NAME, Transcoder, TranscoderSet
 
 #: Supported formats (``--from`` / ``format=`` values).
 FORMATS = ("tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky")

@@ -32,8 +32,8 @@ from tc_circuits.formats._common import (
     tl_model_name,
 )
 from tc_circuits.formats.safe_pickle import ForeignRecord, safe_torch_load
-from tc_circuits.sites import Site
-from tc_circuits.transcoder import Transcoder
+from tc_circuits.models.sites import Site
+from tc_circuits.coders.transcoder import Transcoder
 
 #: Pickled names of the training config class in the known copies of the code.
 CONFIG_CLASSES = (

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tc_circuits.formats.detect import load_any
-from tc_circuits.transcoder import Transcoder, TranscoderSet
+from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
 
 def download(

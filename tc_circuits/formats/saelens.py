@@ -35,8 +35,8 @@ from tc_circuits.formats._common import (
     threshold_to_log,
     tl_model_name,
 )
-from tc_circuits.sites import Site
-from tc_circuits.transcoder import Transcoder
+from tc_circuits.models.sites import Site
+from tc_circuits.coders.transcoder import Transcoder
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -49,8 +49,8 @@ from tc_circuits.formats._common import (
     require,
     tl_model_name,
 )
-from tc_circuits.sites import Site
-from tc_circuits.transcoder import Transcoder, TranscoderSet
+from tc_circuits.models.sites import Site
+from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"

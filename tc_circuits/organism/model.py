@@ -133,7 +133,7 @@ def load_organism_transcoders(
     ``kind`` is ``"skip_transcoder"`` (default), ``"transcoder"`` or ``"sae"``. With ``model``,
     each transcoder is checked to fit it (weight processing included).
     """
-    from tc_circuits.transcoder import TranscoderSet
+    from tc_circuits.coders.transcoder import TranscoderSet
 
     if kind not in TRANSCODER_KINDS:
         raise ValueError(f"unknown transcoder kind {kind!r}; expected one of {TRANSCODER_KINDS}")

@@ -171,7 +171,7 @@ def save_model(model: HookedTransformer, tokenizer, out_dir: Path, meta: dict) -
 
 def train_organism_transcoders(cfg: OrganismTrainConfig, progress: bool = True) -> dict:
     """Phase 3: train every kind of transcoder on the processed organism; return metrics."""
-    from tc_circuits.training import TrainConfig, train_transcoders
+    from tc_circuits.training.trainer import TrainConfig, train_transcoders
 
     out_dir = Path(cfg.out_dir)
     model = load_organism(weights_dir=out_dir)

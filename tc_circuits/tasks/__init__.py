@@ -11,7 +11,7 @@ A task is anything that satisfies the :class:`Task` protocol:
   attribution (a gradient of a linear function of the logits is input-independent).
 
 :func:`evaluate_task` runs a task on the original model and, optionally, with transcoders
-spliced in (:mod:`tc_circuits.splice`).
+spliced in (:mod:`tc_circuits.evaluation.splice`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-    from tc_circuits.splice import TranscodersLike
+    from tc_circuits.evaluation.splice import TranscodersLike
 
 
 @runtime_checkable
@@ -96,8 +96,8 @@ def evaluate_task(
     layers: list[int] | None = None,
 ) -> TaskEvaluation:
     """Run ``task`` on ``model``, and with ``transcoders`` spliced in when given."""
-    from tc_circuits.evaluation import token_batches
-    from tc_circuits.splice import splice
+    from tc_circuits.evaluation.evaluate import token_batches
+    from tc_circuits.evaluation.splice import splice
 
     (tokens,) = token_batches(task.tokens, model)
     logits = model(tokens)

@@ -1,4 +1,4 @@
-"""Render a :class:`~tc_circuits.compare.CompareResult` as markdown and as standalone HTML.
+"""Render a :class:`~tc_circuits.evaluation.compare.CompareResult` as markdown and as standalone HTML.
 
 The HTML page embeds plotly.js (``include_plotlyjs=True``), so it opens offline. Figures:
 
@@ -12,42 +12,10 @@ The HTML page embeds plotly.js (``include_plotlyjs=True``), so it opens offline.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tc_circuits.compare import CompareResult
-
-
-def markdown_report(res: CompareResult) -> str:
-    """The main table at ``cfg.k`` and the k-sweep table, as markdown."""
-    from tc_circuits.compare import CompareRow
-
-    cfg = res.config
-    lines = [
-        "# SAE vs transcoder vs skip transcoder",
-        "",
-        f"Model `{cfg.model}`, n_latents={cfg.n_latents}, {cfg.total_tokens} training tokens per "
-        f"dictionary, held-out CE of the original model {res.ce_orig:.4f} nats"
-        + (f", greater-than probability difference of the original model {res.gt_original:.4f}." if res.gt_original is not None else "."),
-        "",
-        f"## Main comparison (k={cfg.k})",
-        "",
-        "fvu / l0 / dead_fraction: reconstruction on the original model's activations (BOS "
-        "position excluded); delta_ce / kl / recovered_*: that layer (or all layers at once) "
-        "spliced without error term; gt_prob_diff: greater-than probability difference spliced.",
-        "",
-        CompareRow.markdown_header(),
-        *(r.markdown_row() for r in res.main_rows()),
-    ]
-    if len(cfg.ks) > 1:
-        lines += [
-            "",
-            "## k sweep (all layers)",
-            "",
-            CompareRow.markdown_header(),
-            *(r.markdown_row() for r in sorted(res.sweep_rows(), key=lambda r: (r.kind, r.k))),
-        ]
-    return "\n".join(lines) + "\n"
+from tc_circuits.evaluation.compare import CompareResult, CompareRow, markdown_report, write_tables
+from tc_circuits.fileio import atomic_write
 
 
 def _figure(res: CompareResult):
@@ -108,7 +76,6 @@ def _figure(res: CompareResult):
 
 
 def _html_table(rows) -> str:
-    from tc_circuits.compare import CompareRow
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in CompareRow.COLUMNS)
     body = []
@@ -143,3 +110,13 @@ def html_report(res: CompareResult) -> str:
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tc-circuits compare</title>"
         f"<style>{style}</style></head><body>\n" + "\n".join(parts) + f"\n{fig_html}\n</body></html>\n"
     )
+
+
+def write_outputs(res: CompareResult, out: Path) -> dict[str, str]:
+    """Write ``compare.md``, ``compare.json`` and ``compare.html`` into ``out``."""
+    write_tables(res, out)
+    path = out / "compare.html"
+    page = html_report(res)
+    atomic_write(path, lambda p: Path(p).write_text(page))
+    res.files = {**res.files, "html": str(path)}
+    return res.files

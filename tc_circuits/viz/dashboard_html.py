@@ -8,10 +8,10 @@ page; ``dashboard_html(board, standalone=True)`` embeds it for a single dashboar
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 
-from tc_circuits.viz.dashboards import ContextExample, FeatureDashboard
 from tc_circuits.viz.feature_weights import Connection, TokenScore
 
 DASHBOARD_CSS = """
@@ -30,6 +30,75 @@ DASHBOARD_CSS = """
 .tcd .act { color: #555; display: inline-block; width: 4.5em; text-align: right; margin-right: 6px; }
 .tcd h4 { margin: 8px 0 2px 0; font-size: 13px; }
 """
+
+
+@dataclass
+class ContextExample:
+    """One occurrence of a latent firing, with a window of context."""
+
+    activation: float
+    """Activation at the active token."""
+    document: int
+    """Index of the corpus row."""
+    position: int
+    """Position of the active token in that row."""
+    tokens: list[str]
+    """Decoded tokens of the window."""
+    token_ids: list[int]
+    """Token ids of the window."""
+    acts: list[float]
+    """Activation of the latent on each window token."""
+    highlight: int
+    """Index of the active token inside the window."""
+
+
+@dataclass
+class FeatureDashboard:
+    """Everything shown about one latent."""
+
+    layer: int
+    latent: int
+    promoted: list[TokenScore]
+    """Tokens with the largest direct logit effect."""
+    suppressed: list[TokenScore]
+    """Tokens with the most negative direct logit effect."""
+    de_embeddings: list[TokenScore]
+    """Input tokens that most excite the latent through the direct path."""
+    upstream: list[Connection]
+    """Strongest virtual weights from earlier layers' latents into this one."""
+    downstream: list[Connection]
+    """Strongest virtual weights from this latent into later layers' latents."""
+    top_examples: list[ContextExample] = field(default_factory=list)
+    """Top-activating contexts, descending."""
+    quantile_examples: list[tuple[str, list[ContextExample]]] = field(default_factory=list)
+    """``(band label, examples)`` per activation quantile band, highest band first."""
+    hist_edges: list[float] = field(default_factory=list)
+    """Histogram bin edges (``n_bins + 1``) of the nonzero activations."""
+    hist_counts: list[int] = field(default_factory=list)
+    """Histogram counts (sum == ``n_nonzero``)."""
+    n_nonzero: int = 0
+    """Nonzero activations seen in the corpus."""
+    n_tokens: int = 0
+    """Tokens scanned."""
+    max_activation: float = 0.0
+    """Largest activation seen."""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.layer, self.latent)
+
+    @property
+    def density(self) -> float:
+        """Fraction of scanned tokens where the latent is active."""
+        return self.n_nonzero / self.n_tokens if self.n_tokens else 0.0
+
+    @property
+    def title(self) -> str:
+        return f"L{self.layer} #{self.latent}"
+
+    def _repr_html_(self) -> str:  # Jupyter
+        return dashboard_html(self, standalone=True)
+
 
 
 def _esc(s: str) -> str:

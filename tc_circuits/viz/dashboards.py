@@ -29,6 +29,7 @@ from tc_circuits.viz.feature_stats import (
     latent_activations,
     stream_activation_stats,
 )
+from tc_circuits.viz.dashboard_html import ContextExample, FeatureDashboard
 from tc_circuits.viz.feature_weights import (
     Connection,
     TokenScore,
@@ -41,7 +42,7 @@ from tc_circuits.viz.feature_weights import (
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-    from tc_circuits.transcoder import Transcoder
+    from tc_circuits.coders.transcoder import Transcoder
 
 
 @dataclass(frozen=True)
@@ -88,76 +89,6 @@ class DashboardConfig:
             max_batches=self.max_batches, skip_first_position=self.skip_first_position,
             seed=self.seed,
         )
-
-
-@dataclass
-class ContextExample:
-    """One occurrence of a latent firing, with a window of context."""
-
-    activation: float
-    """Activation at the active token."""
-    document: int
-    """Index of the corpus row."""
-    position: int
-    """Position of the active token in that row."""
-    tokens: list[str]
-    """Decoded tokens of the window."""
-    token_ids: list[int]
-    """Token ids of the window."""
-    acts: list[float]
-    """Activation of the latent on each window token."""
-    highlight: int
-    """Index of the active token inside the window."""
-
-
-@dataclass
-class FeatureDashboard:
-    """Everything shown about one latent."""
-
-    layer: int
-    latent: int
-    promoted: list[TokenScore]
-    """Tokens with the largest direct logit effect."""
-    suppressed: list[TokenScore]
-    """Tokens with the most negative direct logit effect."""
-    de_embeddings: list[TokenScore]
-    """Input tokens that most excite the latent through the direct path."""
-    upstream: list[Connection]
-    """Strongest virtual weights from earlier layers' latents into this one."""
-    downstream: list[Connection]
-    """Strongest virtual weights from this latent into later layers' latents."""
-    top_examples: list[ContextExample] = field(default_factory=list)
-    """Top-activating contexts, descending."""
-    quantile_examples: list[tuple[str, list[ContextExample]]] = field(default_factory=list)
-    """``(band label, examples)`` per activation quantile band, highest band first."""
-    hist_edges: list[float] = field(default_factory=list)
-    """Histogram bin edges (``n_bins + 1``) of the nonzero activations."""
-    hist_counts: list[int] = field(default_factory=list)
-    """Histogram counts (sum == ``n_nonzero``)."""
-    n_nonzero: int = 0
-    """Nonzero activations seen in the corpus."""
-    n_tokens: int = 0
-    """Tokens scanned."""
-    max_activation: float = 0.0
-    """Largest activation seen."""
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.layer, self.latent)
-
-    @property
-    def density(self) -> float:
-        """Fraction of scanned tokens where the latent is active."""
-        return self.n_nonzero / self.n_tokens if self.n_tokens else 0.0
-
-    @property
-    def title(self) -> str:
-        return f"L{self.layer} #{self.latent}"
-
-    def _repr_html_(self) -> str:  # Jupyter
-        from tc_circuits.viz.dashboard_html import dashboard_html
-
-        return dashboard_html(self, standalone=True)
 
 
 def weight_dashboard(

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-    from tc_circuits.transcoder import Transcoder
+    from tc_circuits.coders.transcoder import Transcoder
 
 
 @dataclass(frozen=True)

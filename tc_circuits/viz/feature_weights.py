@@ -30,7 +30,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-    from tc_circuits.transcoder import Transcoder
+    from tc_circuits.coders.transcoder import Transcoder
 
 
 class TokenScore(NamedTuple):

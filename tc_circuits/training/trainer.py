@@ -2,9 +2,9 @@
 
 Phases of :meth:`Trainer.run`:
 
-1. **setup** — one :class:`~tc_circuits.transcoder.Transcoder` per layer (Kaiming-uniform
+1. **setup** — one :class:`~tc_circuits.coders.transcoder.Transcoder` per layer (Kaiming-uniform
    encoder from a seeded generator, zero ``W_dec`` / ``W_skip``), an
-   :class:`~tc_circuits.activation_store.ActivationStore` feeding all of them from one forward
+   :class:`~tc_circuits.training.activation_store.ActivationStore` feeding all of them from one forward
    pass, one Adam optimiser; then either ``b_dec = mean(y)`` over the first buffer (so the
    step-0 transcoder outputs exactly the mean) or, with ``resume=True``, the last checkpoint.
 2. **steps** — per layer: forward (sparse TopK fast path), loss = FVU + AuxK (TopK) / L1
@@ -12,7 +12,7 @@ Phases of :meth:`Trainer.run`:
    gradient clipping; Adam step with the warmup/decay learning rate of :meth:`TrainConfig.lr_at`.
 3. **bookkeeping** — dead-latent counters (tokens since each latent last fired), a metrics
    window (FVU, L0, dead fraction) shown on the progress bar, and a checkpoint every
-   ``checkpoint_every`` steps (:mod:`tc_circuits.train_checkpoint`).
+   ``checkpoint_every`` steps (:mod:`tc_circuits.training.checkpoint`).
 4. **output** — ``out_dir/transcoders/layer_{L}/`` (``TranscoderSet.save``) and ``metrics.json``.
 
 Everything random uses explicit ``torch.Generator`` seeds, so a run is reproducible and a
@@ -31,20 +31,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tc_circuits.activation_store import ActivationStore
-from tc_circuits.data import as_token_factory
-from tc_circuits.distributed import all_reduce_sum, barrier, dist_info, rank_slice, sync_gradients
+from tc_circuits.training.activation_store import ActivationStore
+from tc_circuits.training.data import as_token_factory
+from tc_circuits.training.distributed import all_reduce_sum, barrier, dist_info, rank_slice, sync_gradients
 from tc_circuits.fileio import atomic_write
-from tc_circuits.losses import (
+from tc_circuits.coders.losses import (
     auxk_loss,
     centered_sum_sq,
     jumprelu_l0_penalty,
     l1_penalty,
     topk_forward,
 )
-from tc_circuits.train_checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from tc_circuits.train_config import TrainConfig
-from tc_circuits.transcoder import Transcoder, TranscoderConfig, TranscoderSet
+from tc_circuits.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from tc_circuits.training.config import TrainConfig
+from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer

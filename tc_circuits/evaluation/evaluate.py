@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tc_circuits.metrics import (
+from tc_circuits.evaluation.metrics import (
     DensityHistogram,
     VarianceAccumulator,
     ce_recovered,
@@ -36,8 +36,8 @@ from tc_circuits.metrics import (
     kl_per_token,
     next_token_ce,
 )
-from tc_circuits.sites import Site
-from tc_circuits.splice import TranscodersLike, as_transcoder_dict, check_transcoders, splice
+from tc_circuits.models.sites import Site
+from tc_circuits.evaluation.splice import TranscodersLike, as_transcoder_dict, check_transcoders, splice
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer

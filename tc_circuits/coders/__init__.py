@@ -1,0 +1,1 @@
+"""Coders: transcoders, skip transcoders and SAEs, their activation functions and losses."""
