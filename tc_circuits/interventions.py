@@ -16,6 +16,7 @@ recomputed the change is the total effect (direct + through downstream features)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
 from tc_circuits.models.sites import Site, global_hook
+from tc_circuits.validate import check_spliceable
 
 
 class FeatureIntervention(NamedTuple):
@@ -62,6 +64,7 @@ def intervene(
         raise ValueError(f"mode must be 'frozen' or 'live', got {mode!r}")
     transcoders = {int(k): v for k, v in transcoders.items()}
     check_transcoders(model, transcoders)
+    check_spliceable(transcoders, model.cfg.model_name)
     tokens = to_tokens(model, prompt_or_tokens)
     P = int(tokens.shape[0])
     ivs = [FeatureIntervention(*iv) for iv in interventions]
@@ -71,6 +74,8 @@ def intervene(
             raise ValueError(f"intervention on layer {iv.layer}, which has no transcoder")
         if not 0 <= iv.pos < P or not 0 <= iv.latent < tc.cfg.n_latents:
             raise ValueError(f"intervention {iv} out of range (n_pos={P}, n_latents={tc.cfg.n_latents})")
+        if not math.isfinite(float(iv.value)):
+            raise ValueError(f"intervention {iv}: value must be a finite number, got {iv.value!r}")
     device = next(model.parameters()).device
     toks = tokens[None].to(device)
     frozen_names = set()

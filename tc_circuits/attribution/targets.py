@@ -16,6 +16,7 @@ the last position until their cumulative probability reaches ``desired_logit_pro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,8 +43,32 @@ class Target:
     def __post_init__(self) -> None:
         if self.direction.ndim != 1:
             raise ValueError(f"target direction must be a vector over the vocab, got shape {tuple(self.direction.shape)}")
-        if not self.weight >= 0:
-            raise ValueError(f"target weight must be >= 0, got {self.weight}")
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise ValueError(f"target weight must be finite and >= 0, got {self.weight}")
+        if self.direction.is_floating_point() and not bool(torch.isfinite(self.direction).all()):
+            raise ValueError(
+                f"target {self.label!r}: direction holds NaN or infinite values (expected finite numbers)"
+            )
+
+
+def warn_unknown_tokens(tokenizer, ids, text: str, what: str) -> None:
+    """Warn when ``text`` was tokenised into the tokenizer's unknown token (e.g. ``<|unk|>``).
+
+    Nothing is said when the text spells the unknown token itself.
+    """
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    unk = getattr(tokenizer, "unk_token", None)
+    if unk_id is None:
+        return
+    n = sum(int(i) == int(unk_id) for i in (ids.tolist() if isinstance(ids, Tensor) else ids))
+    if n and not (unk and n <= text.count(unk)):
+        import warnings
+
+        warnings.warn(
+            f"{what} {text[:80]!r}: {n} piece(s) are outside the tokenizer's vocabulary and became "
+            f"{unk!r} (token id {unk_id}); the model sees the unknown token there",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _decode(tokenizer, tok: int) -> str:
@@ -169,6 +194,7 @@ def resolve_targets(
             ids = tokenizer.encode(t, add_special_tokens=False) if hasattr(tokenizer, "encode") else []
             if len(ids) != 1:
                 raise ValueError(f"target string {t!r} is not a single token (ids {ids})")
+            warn_unknown_tokens(tokenizer, ids, t, "target")
             t = ids[0]
         if isinstance(t, int):
             tok = _check_token(t, d_vocab)

@@ -29,14 +29,23 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Float
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from tc_circuits.coders.activations import ACTIVATIONS, apply_activation
 from tc_circuits.fileio import atomic_write_many
 from tc_circuits.models.model_info import model_signature
 from tc_circuits.models.sites import Site
+from tc_circuits.validate import (
+    check_dtype_matches,
+    check_finite,
+    finite_float,
+    load_safetensors,
+    CHECKSUM_KEY,
+    tensors_digest,
+    strict_bool,
+    strict_int,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -82,8 +91,22 @@ class TranscoderConfig:
     def __post_init__(self) -> None:
         for name in ("d_in", "d_out", "n_latents"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        src = "transcoder config"
+        strict_bool(self.skip, "skip", src)
+        if self.k is not None:
+            strict_int(self.k, "k", src)
+        finite_float(self.jumprelu_init_threshold, "jumprelu_init_threshold", src)
+        finite_float(self.jumprelu_bandwidth, "jumprelu_bandwidth", src)
+        if self.model_d_model is not None:
+            strict_int(self.model_d_model, "model_d_model", src, minimum=1)
+        if self.model_name is not None and not isinstance(self.model_name, str):
+            raise ValueError(f"{src}: model_name must be a string or null, got {self.model_name!r}")
+        if not isinstance(self.weight_processing, dict):
+            raise ValueError(f"{src}: weight_processing must be an object of bools, got {self.weight_processing!r}")
+        for key, value in self.weight_processing.items():
+            strict_bool(value, f"weight_processing[{key!r}]", src)
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
@@ -330,7 +353,8 @@ class Transcoder(nn.Module):
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": str(FORMAT_VERSION)}
+        tensors = self.state_tensors()
+        meta = {"format_version": str(FORMAT_VERSION), CHECKSUM_KEY: tensors_digest(tensors)}
         cfg_json = json.dumps(
             {"format_version": FORMAT_VERSION, **self.cfg.to_dict()}, indent=2, sort_keys=True
         )
@@ -338,7 +362,7 @@ class Transcoder(nn.Module):
         # error never leaves new weights next to the old config (or the reverse).
         atomic_write_many(
             {
-                path / WEIGHTS_NAME: lambda p: save_file(self.state_tensors(), p, metadata=meta),
+                path / WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata=meta),
                 path / CONFIG_NAME: lambda p: Path(p).write_text(cfg_json),
             }
         )
@@ -366,10 +390,8 @@ class Transcoder(nn.Module):
             cfg = TranscoderConfig.from_dict(raw)
         except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"corrupted or invalid transcoder config {cfg_path}: {err}") from err
-        try:
-            tensors = load_file(str(weights_path), device=str(device))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"corrupted or truncated safetensors file {weights_path}: {err}") from err
+        tensors = load_safetensors(weights_path, "transcoder weights", device=str(device))
+        check_finite(tensors, str(weights_path))
         dtype = tensors["W_enc"].dtype if "W_enc" in tensors else torch.float32
         tc = cls(cfg, dtype=dtype).to(device)
         tc.load_tensors(tensors, source=str(weights_path))
@@ -387,6 +409,7 @@ class Transcoder(nn.Module):
         with torch.no_grad():
             for name, param in expected.items():
                 t = tensors[name]
+                check_dtype_matches(name, t, param.dtype, source)
                 if tuple(t.shape) != tuple(param.shape):
                     raise ValueError(
                         f"{source}: tensor {name} has shape {tuple(t.shape)}, config implies {tuple(param.shape)}"

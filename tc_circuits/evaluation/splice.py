@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.validate import check_spliceable
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -174,6 +175,7 @@ def check_transcoders(model: HookedTransformer, transcoders: dict[int, Transcode
         if site in seen:
             raise ValueError(f"transcoders for layers {seen[site]} and {layer} both write {site}")
         seen[site] = layer
+    check_spliceable(transcoders, getattr(model.cfg, "model_name", None))
 
 
 @contextmanager
