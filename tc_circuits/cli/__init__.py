@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, FloatingPointError, MemoryError) as err:  # clear one-line errors
         print(f"tc-circuits {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)

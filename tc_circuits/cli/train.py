@@ -7,6 +7,7 @@ Options mirror :class:`tc_circuits.training.config.TrainConfig` (same defaults).
 from __future__ import annotations
 
 import argparse
+import sys
 from functools import partial
 
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: min(n_ctx, 128))")
     p.add_argument("--source-batch-rows", type=int, default=32, help="rows per token batch fed to the model")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT_DIR (deletes its checkpoint and transcoders)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(func=run)
@@ -59,6 +61,7 @@ def _model_and_source(args: argparse.Namespace, cfg: TrainConfig):
 
 def run(args: argparse.Namespace) -> int:
     from tc_circuits.training.distributed import dist_info, init_from_env
+    from tc_circuits.training.guard import TrainingInterrupted
     from tc_circuits.training.trainer import train_transcoders
 
     cfg = dataclass_from_args(TrainConfig, args)
@@ -67,7 +70,13 @@ def run(args: argparse.Namespace) -> int:
     started = init_from_env()
     try:
         model, source = _model_and_source(args, cfg)
-        result = train_transcoders(model, source, cfg, resume=args.resume, progress=not args.no_progress)
+        try:
+            result = train_transcoders(
+                model, source, cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+            )
+        except TrainingInterrupted as stop:
+            print(f"tc-circuits train: {stop}", file=sys.stderr)
+            return 130
         if dist_info().is_main:
             print("| layer | FVU | L0 | dead | tokens |\n|---|---|---|---|---|")
             for layer, m in sorted(result.metrics.items()):

@@ -191,7 +191,7 @@ def train_organism_transcoders(cfg: OrganismTrainConfig, progress: bool = True) 
         def source(seed: int = cfg.seed + 1000 + i) -> object:
             return organism_token_source(seed, 32, 64, tokenizer=model.tokenizer)
 
-        result = train_transcoders(model, source, tcfg, progress=progress)
+        result = train_transcoders(model, source, tcfg, progress=progress, overwrite=True)
         result.transcoders.save(out_dir / "transcoders" / kind)
         metrics[kind] = {str(layer): asdict(m) for layer, m in result.metrics.items()}
     return metrics

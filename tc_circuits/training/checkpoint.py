@@ -21,10 +21,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.validate import load_safetensors, save_safetensors
 
 CHECKPOINT = "checkpoint"
 STATE_JSON = "state.json"
@@ -56,11 +56,25 @@ def save_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     final, tmp, old = (out_dir / CHECKPOINT, out_dir / f"{CHECKPOINT}.tmp", out_dir / f"{CHECKPOINT}.old")
     _remove(tmp)
-    tmp.mkdir()
-    for layer, tc in sorted(transcoders.items()):
-        tc.save(tmp / f"layer_{layer}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
-    _write_state_json(tmp / STATE_JSON, state)
+    try:
+        tmp.mkdir()
+        for layer, tc in sorted(transcoders.items()):
+            tc.save(tmp / f"layer_{layer}")
+        save_safetensors(tensors, tmp / TENSORS)
+        _write_state_json(tmp / STATE_JSON, state)
+    except BaseException as err:
+        # a full or read-only disk (or an interrupt) leaves no half-written checkpoint.tmp
+        # behind; the previous checkpoint is untouched
+        try:
+            _remove(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError) and not str(err).startswith("cannot write"):
+            raise OSError(
+                err.errno, f"cannot write a checkpoint into {out_dir}: {err.strerror or err} "
+                f"(the previous checkpoint, if any, is kept)"
+            ) from err
+        raise
     if final.exists():
         _remove(old)
         os.replace(final, old)
@@ -85,11 +99,49 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def _state_problem(path: Path) -> str:
+    f = path / STATE_JSON
+    if not f.is_file():
+        return f"{f} is missing"
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{f} is truncated or not JSON ({err})"
+    if not isinstance(data, dict) or data.get("complete") is not True:
+        return f"{f} does not say complete=true"
+    return ""
+
+
+def resume_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from; None only when ``out_dir`` holds no checkpoint at all.
+
+    A ``checkpoint/`` folder whose ``state.json`` is truncated, missing or ``complete=false``
+    is an error (resuming must never silently restart from step 0). Saves never leave such a
+    folder (they write ``checkpoint.tmp`` and rename), so it means the files were damaged.
+    ``checkpoint.old`` alone (a crash between the two renames of a save) is used.
+    """
+    out_dir = Path(out_dir)
+    main = out_dir / CHECKPOINT
+    if main.exists():
+        problem = _state_problem(main)
+        if problem:
+            raise ValueError(
+                f"cannot resume from {main}: {problem}. The checkpoint is damaged; restore it, "
+                "or start a new run without --resume (--overwrite replaces this folder's run)"
+            )
+        return main
+    old = out_dir / f"{CHECKPOINT}.old"
+    return old if _complete(old) else None
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(state, tensors)`` of a checkpoint folder (transcoders are loaded by the caller)."""
     path = Path(path)
     if not _complete(path):
         raise ValueError(f"{path} is not a complete training checkpoint")
     state = json.loads((path / STATE_JSON).read_text())
-    tensors = load_file(str(path / TENSORS))
+    for key in ("step", "tokens_seen", "store", "config", "metrics"):
+        if key not in state:
+            raise ValueError(f"{path / STATE_JSON} is missing key {key!r}")
+    tensors = load_safetensors(path / TENSORS, "training state")
     return state, tensors

@@ -85,8 +85,8 @@ class TrainConfig:
         self._positive("dead_tokens_threshold")
         if self.activation == "topk" and not 1 <= self.k <= self.n_latents:
             raise ValueError(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be positive (or None for the default)")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr} must be a finite positive number (or None for the default)")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.decay_fraction <= 1.0:
@@ -99,8 +99,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip={self.grad_clip} must be positive (or None)")
+        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip={self.grad_clip} must be a finite positive number (or None)")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
 

@@ -42,7 +42,15 @@ from tc_circuits.coders.losses import (
     l1_penalty,
     topk_forward,
 )
-from tc_circuits.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from tc_circuits.training.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
+from tc_circuits.training.guard import (
+    DeferredSignals,
+    OutDirLock,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    checkpoint_bytes,
+    prepare_out_dir,
+)
 from tc_circuits.training.config import TrainConfig
 from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 
@@ -98,8 +106,10 @@ class Trainer:
         *,
         resume: bool = False,
         progress: bool = True,
+        overwrite: bool = False,
     ):
         self.model, self.cfg, self.progress = model, cfg, progress
+        self._lock: OutDirLock | None = None
         self.dist = dist_info()
         if cfg.batch_size % self.dist.world_size:
             raise ValueError(
@@ -107,6 +117,8 @@ class Trainer:
             )
         if resume and cfg.out_dir is None:
             raise ValueError("resume=True needs cfg.out_dir (where the checkpoint is)")
+        if resume and overwrite:
+            raise ValueError("resume=True and overwrite=True contradict each other; pick one")
         self.layers = cfg.layers or tuple(range(model.cfg.n_layers))
         for layer in self.layers:
             if layer >= model.cfg.n_layers:
@@ -141,12 +153,24 @@ class Trainer:
         self.metrics: dict[int, LayerMetrics] = {}
         self.step = 0
         self.tokens_seen = 0
-        checkpoint = find_checkpoint(cfg.out_dir) if resume else None
-        if checkpoint is not None:
-            self._load(checkpoint)
-        else:
-            for layer, y in self.store.buffer_outputs().items():
-                self.transcoders[layer].init_from_data(y)
+        if cfg.out_dir is not None and self.dist.is_main:
+            # before any training: one run per folder (lock), no mixing with another run,
+            # writable, room for the checkpoints
+            Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+            self._lock = OutDirLock(cfg.out_dir)
+        try:
+            if self._lock is not None:
+                n_params = sum(p.numel() for p in self.params)
+                prepare_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite, need_bytes=checkpoint_bytes(n_params))
+            checkpoint = resume_checkpoint(cfg.out_dir) if resume else None
+            if checkpoint is not None:
+                self._load(checkpoint)
+            else:
+                for layer, y in self.store.buffer_outputs().items():
+                    self.transcoders[layer].init_from_data(y)
+        except BaseException:
+            self._release()
+            raise
 
     # ----------------------------------------------------------------- one step
     def _layer_loss(self, layer: int, x: Tensor, y: Tensor, stats: list[Tensor]) -> Tensor:
@@ -194,6 +218,12 @@ class Trainer:
             group["lr"] = lr
         stats: list[Tensor] = []
         loss = sum(self._layer_loss(layer, *batch[layer], stats) for layer in self.layers)
+        if not bool(torch.isfinite(loss.detach())):  # type: ignore[union-attr]
+            raise TrainingDivergedError(
+                f"training diverged at step {self.step}: the loss is {float(loss):g} (lr={lr:g}, "
+                f"grad_clip={cfg.grad_clip}); no weights of this step were applied or saved. "
+                "Lower lr or set grad_clip"
+            )
         loss.backward()  # type: ignore[union-attr]
         sync_gradients(self.params, self.dist)
         if cfg.grad_clip is not None:
@@ -245,6 +275,12 @@ class Trainer:
         if self.cfg.out_dir is None or not self.dist.is_main:
             barrier(self.dist)
             return
+        for layer, tc in self.transcoders.items():
+            if not all(bool(torch.isfinite(p).all()) for p in tc.parameters()):
+                raise TrainingDivergedError(
+                    f"training diverged by step {self.step}: transcoder {layer} has NaN or infinite "
+                    "weights; the last checkpoint is kept and nothing non-finite was saved. Lower lr"
+                )
         tensors: dict[str, Tensor] = {}
         for pid, st in sorted(self.optimizer.state_dict()["state"].items()):
             for key, value in st.items():
@@ -297,17 +333,24 @@ class Trainer:
             total=total * cfg.batch_size, initial=self.tokens_seen, unit="tok", unit_scale=True,
             disable=not (self.progress and self.dist.is_main), dynamic_ncols=True,
         )
+        signals = DeferredSignals(enabled=self.dist.world_size == 1)
         try:
-            for tc in self.transcoders.values():
-                tc.train()
-            while self.step < total:
-                self.train_step(next(self.store))
-                bar.update(cfg.batch_size)
-                if self.step % cfg.log_every == 0 or self.step == total:
-                    self._close_window()
-                    bar.set_postfix_str(self._postfix(), refresh=False)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
-                    self._save()
+            with signals:
+                for tc in self.transcoders.values():
+                    tc.train()
+                while self.step < total:
+                    self.train_step(next(self.store))
+                    bar.update(cfg.batch_size)
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        self._close_window()
+                        bar.set_postfix_str(self._postfix(), refresh=False)
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
+                        self._save()
+                    if signals.received is not None and self.step < total:
+                        self._interrupted(signals.received)
+        except BaseException:
+            self._release()
+            raise
         finally:
             bar.close()
         self._close_window()
@@ -326,7 +369,26 @@ class Trainer:
                     lambda p: Path(p).write_text(json.dumps(metrics, indent=2)),
                 )
             barrier(self.dist)
+        self._release()
         return TrainResult(self.transcoders, dict(self.metrics), self.step, self.tokens_seen)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _interrupted(self, signum: int) -> None:
+        """Write a final checkpoint at this step boundary, then stop with a one-line message."""
+        import signal as _signal
+
+        name = _signal.Signals(signum).name
+        if self.cfg.out_dir is None:
+            raise TrainingInterrupted(f"{name}: training stopped at step {self.step} (no out_dir: nothing saved)")
+        self._save()
+        raise TrainingInterrupted(
+            f"{name}: training stopped at step {self.step}/{self.cfg.total_steps}; checkpoint written to "
+            f"{Path(self.cfg.out_dir) / 'checkpoint'} (continue with --resume)"
+        )
 
 
 def train_transcoders(
@@ -336,12 +398,15 @@ def train_transcoders(
     *,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``cfg.kind`` transcoders for ``cfg.layers`` of ``model``; see :class:`Trainer`.
 
     ``token_source_factory``: zero-argument callable returning a fresh iterator of
     ``LongTensor[batch, seq]`` (identical on every call), or a token tensor / list of batches.
     With ``resume=True`` training continues from ``cfg.out_dir``'s last checkpoint (or starts
-    fresh when there is none).
+    fresh when there is none; a damaged checkpoint is an error). A folder holding another
+    run is refused unless ``resume`` or ``overwrite`` (which deletes that run's outputs first).
+    SIGINT / SIGTERM write a checkpoint and raise :class:`TrainingInterrupted`.
     """
-    return Trainer(model, token_source_factory, cfg, resume=resume, progress=progress).run()
+    return Trainer(model, token_source_factory, cfg, resume=resume, progress=progress, overwrite=overwrite).run()
