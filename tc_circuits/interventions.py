@@ -27,6 +27,7 @@ from torch import Tensor
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
 from tc_circuits.models.sites import Site, global_hook
+from tc_circuits.models.safe_hooks import temporary_hooks
 from tc_circuits.validate import check_spliceable
 
 
@@ -120,6 +121,6 @@ def intervene(
             return (tc.decode(lat, x) + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
 
         hooks += [(Site(L, "mlp_in").hook_name, capture), (Site(L, "mlp_out").hook_name, replace)]
-    with torch.no_grad():
-        logits = model.run_with_hooks(toks, fwd_hooks=hooks)
+    with torch.no_grad(), temporary_hooks(model, hooks):
+        logits = model(toks)
     return InterventionResult(logits[0].detach(), acts, pres)

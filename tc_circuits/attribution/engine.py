@@ -56,6 +56,7 @@ from tc_circuits.attribution.targets import Target, resolve_targets, warn_unknow
 from tc_circuits.graph.graph import AttributionGraph, NodeTable
 from tc_circuits.graph.prune import normalized_weights, propagate_influence
 from tc_circuits.models.model_info import model_signature
+from tc_circuits.models.safe_hooks import hooks_restored
 from tc_circuits.validate import check_spliceable, check_token_ids, memory_budget_bytes
 
 logger = logging.getLogger(__name__)
@@ -283,7 +284,8 @@ def attribute(
     budget = memory_budget_bytes(max_memory)  # measured before the cache is built
 
     log("phase 1: forward + cache")
-    lin = LinearisedModel(model, transcoders, tokens)
+    with hooks_restored(model):  # an interrupt inside run_with_cache never leaves a hook
+        lin = LinearisedModel(model, transcoders, tokens)
     P, dev = lin.n_pos, lin.device
     tgts = resolve_targets(
         targets, lin.last_logits.float().cpu(), max_n_logits=max_n_logits,

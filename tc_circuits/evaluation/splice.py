@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models.safe_hooks import temporary_hooks
 from tc_circuits.validate import check_spliceable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -209,7 +210,7 @@ def splice(
     check_transcoders(model, chosen)
     state = SpliceState(transcoders=chosen, error_term=error_term)
     hooks = _make_hooks(state, retain_grad)
-    with model.hooks(fwd_hooks=hooks):
+    with temporary_hooks(model, hooks):  # model.hooks() + removal that survives an interrupt
         yield state
 
 
