@@ -47,6 +47,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
     import json
 
     from tc_circuits.attribution import attribute, direction_target, logit_effects, top_tokens
+    from tc_circuits.attribution.engine import to_tokens
     from tc_circuits.evaluation.evaluate import evaluate_reconstruction, evaluate_splice
     from tc_circuits.graph.prune import prune_graph
     from tc_circuits.organism import load_organism, load_organism_transcoders, organism_token_source
@@ -60,6 +61,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
 
     print("== 1. load the organism and its", cfg.kind, "transcoders")
     model = load_organism()
+    # the prompt is checked now, not after the splice evaluation (a bad prompt fails in seconds)
+    to_tokens(model, cfg.prompt)
+    prompt_task(model.tokenizer, cfg.prompt, d_vocab=model.cfg.d_vocab)
     tcs = load_organism_transcoders(cfg.kind, model=model)
     print(f"   {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, vocab {model.cfg.d_vocab}; "
           f"{len(tcs)} transcoders x {next(iter(tcs.values())).cfg.n_latents} latents")

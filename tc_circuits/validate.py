@@ -151,6 +151,19 @@ def load_safetensors(path: str | os.PathLike, what: str = "safetensors file", *,
     return tensors
 
 
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata header of a safetensors file (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def text_digest(text: str) -> str:
+    """SHA-256 of a text file's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_json_object(path: str | os.PathLike, what: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON file that must hold an object with ``required`` keys (clear errors otherwise)."""
     path = Path(path)

@@ -85,7 +85,7 @@ class AttributionConfig:
     """Allowed |row sum - value| relative to 1 + sum |edges| + |value|; None picks it from the
     model's dtype (:func:`default_exactness_tol`: 1e-5 for float32, 1e-12 for float64)."""
     max_memory: float | None = None
-    """Memory budget of one graph in GB (edges + a batch's activations); None = 80% of the
+    """Memory budget of one graph in GB (edges + a batch's activations); None = 0.8 x the
     available RAM. A graph estimated above it runs with smaller batches or is refused before
     any work, with the estimate and the ``max_feature_nodes`` that fits."""
     progress: bool = True
@@ -265,7 +265,7 @@ def attribute(
         exactness_tol: allowed ``|row sum - value|`` relative to ``1 + sum |edges| + |value|``
             (None: :func:`default_exactness_tol` of the model's dtype).
         progress: show a progress bar and log the phases at INFO level.
-        max_memory: memory budget in GB (None: 80% of the available RAM); see
+        max_memory: memory budget in GB (None: 0.8 x the available RAM); see
             :func:`tc_circuits.attribution.memory.estimate_attribution_memory`.
     """
     AttributionConfig(  # validates the options (raises ValueError naming a bad one)
@@ -434,9 +434,9 @@ def _fit_memory(lin, tpos, max_feature_nodes, batch_size, budget, max_memory) ->
         return int(fit)
     wbytes = torch.finfo(lin.embed.dtype).bits // 8
     target_edges = est.edges - int(rows[:n_expand].sum())
-    spare = budget - est.cache_bytes - per_row
+    spare = budget - est.cache_bytes - est.batch_bytes  # at the requested batch size
     fit_nodes = fitting_feature_nodes(rows, spare // bytes_per_edge(wbytes) - target_edges)
-    where = "max_memory" if max_memory is not None else "80% of the available RAM"
+    where = "max_memory" if max_memory is not None else "0.8 x the available RAM"
     raise AttributionMemoryError(
         f"this graph is estimated to need {mem_gb(est.total)} ({est.edges:,} edges: {mem_gb(est.edge_bytes)}; "
         f"attention/activation cache {mem_gb(est.cache_bytes)}; one batch {mem_gb(est.batch_bytes)}) but the "

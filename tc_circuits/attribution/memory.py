@@ -9,7 +9,8 @@ and dense decoders make almost every structural edge non-zero), and the largest
 ``max_feature_nodes`` row counts bound a partial graph.
 
 Peak bytes per edge: the per-batch pieces plus their concatenation (``2 x (16 + w)`` bytes)
-and the float64 row sums of the exactness check (16 bytes), i.e. 56 B for float32 weights.
+and the float64 row sums of the exactness check and index temporaries (20 bytes), i.e. 60 B
+for float32 weights (measured: 58 B per edge on full organism graphs).
 A batch of transposed passes holds about ``BATCH_BUFFERS`` ``[batch, pos, d_model]`` buffers.
 The linearised model's own cache (attention patterns ``n_layers x heads x pos^2``, the
 per-layer activations) is counted too. ``docs/guarantees.md`` compares the estimate with
@@ -88,7 +89,7 @@ def estimate_attribution_memory(
 
 def bytes_per_edge(weight_bytes: int) -> int:
     """Peak bytes per stored edge (see the module docstring)."""
-    return 2 * (16 + weight_bytes) + 16
+    return 2 * (16 + weight_bytes) + 20
 
 
 def fitting_feature_nodes(sorted_rows: Tensor, budget_edges: int) -> int:

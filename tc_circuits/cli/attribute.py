@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from tc_circuits.graph.prune import prune_graph
     from tc_circuits.graph.scores import compute_graph_scores
 
+    from tc_circuits.validate import check_slug
+
     cfg = dataclass_from_args(AttributionConfig, args)
+    check_slug(args.slug)  # before any work: SLUG names a file inside --out
     model, tcs = load_model_and_transcoders(args.kind)
     graph = attribute(model, tcs, args.prompt, targets=build_targets(model, args), **dataclasses.asdict(cfg))
     out = Path(args.out)

@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("view", help="write an offline HTML page: graph view + feature dashboards")
     parser.add_argument("graph_dir", help="folder written by AttributionGraph.save")
     parser.add_argument("--out", required=True, help="HTML file to write")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_dataclass_args(parser, ViewOptions)
     add_dataclass_args(parser, GraphViewConfig)
     add_dataclass_args(parser, DashboardConfig)
@@ -68,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     path = view(
         args.graph_dir, args.out, dataclass_from_args(ViewOptions, args),
         view_cfg=dataclass_from_args(GraphViewConfig, args),
-        dashboard_cfg=dataclass_from_args(DashboardConfig, args),
+        dashboard_cfg=dataclass_from_args(DashboardConfig, args), progress=not args.no_progress,
     )
     print(path)
     return 0
 
 
-def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, view_cfg=None, dashboard_cfg=None) -> Path:
+def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, view_cfg=None, dashboard_cfg=None, progress: bool = True) -> Path:
     """Load the graph, model and transcoders as ``opts`` says and write the page; returns its path."""
     from tc_circuits.graph import AttributionGraph
     from tc_circuits.coders.transcoder import TranscoderSet
@@ -104,5 +105,5 @@ def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, view_cfg=None, da
     return write_graph_page(
         out, graph, model=model, transcoders=tcs, token_source=token_source, groups=groups,
         view_cfg=view_cfg or GraphViewConfig(), dashboard_cfg=dashboard_cfg or DashboardConfig(),
-        title=opts.title,
+        title=opts.title, progress=progress,
     ).resolve()

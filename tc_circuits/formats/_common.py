@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.validate import strict_bool
 
 #: TransformerLens ``from_pretrained`` defaults: what a foreign checkpoint trained on a
 #: ``from_pretrained`` model assumes unless it says otherwise.
@@ -96,7 +97,7 @@ def processing_from(
     out = dict(TL_DEFAULT_PROCESSING if base is None else base)
     for key in TL_DEFAULT_PROCESSING:
         if overrides and key in overrides and overrides[key] is not None:
-            out[key] = bool(overrides[key])
+            out[key] = strict_bool(overrides[key], key, "weight-processing flags")
     return out
 
 

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tc_circuits.fileio import atomic_write
 from tc_circuits.formats._common import build, check_shape, make_config, require, threshold_to_log
 from tc_circuits.models.sites import Site
+from tc_circuits.validate import safe_join
 from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
 CONFIG_FILE = "config.yaml"
@@ -81,14 +82,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def _layer_file(root: Path, entry: str, source: str) -> Path:
     if str(entry).startswith("hf://"):
-        local = root / str(entry).rsplit("/", 1)[-1].split("?", 1)[0]
+        local = safe_join(root, str(entry).rsplit("/", 1)[-1].split("?", 1)[0], source)
         if local.is_file():
             return local
         raise ValueError(
             f"{source}: layer file {entry!r} is on the hub; download the repository with "
             f"tc_circuits.formats.hub.load_from_hub first"
         )
-    p = root / str(entry)
+    p = safe_join(root, str(entry), source)  # no absolute paths, no ../ out of the folder
     if not p.is_file():
         raise FileNotFoundError(f"{source}: layer file {p} missing")
     return p

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from tc_circuits.validate import strict_bool
 from tc_circuits.formats._common import (
     TL_DEFAULT_PROCESSING,
     build,
@@ -65,7 +66,7 @@ def load_dunefsky(
     sd: dict[str, Tensor] = dict(obj["state_dict"])
     require(source, sd, "W_enc", "b_enc", "W_dec", "b_dec")
     finite_or_raise(source, sd)
-    is_tc = bool(cfg.get("is_transcoder", False))
+    is_tc = strict_bool(cfg.get("is_transcoder", False), "is_transcoder", source)
     if is_tc:
         require(source, sd, "b_dec_out")
     d_in, n = sd["W_enc"].shape

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tc_circuits.fileio import atomic_write
+from tc_circuits.validate import strict_int
 from tc_circuits.formats._common import (
     build,
     check_shape,
@@ -66,8 +67,10 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
             raise FileNotFoundError(f"SAELens file missing: {f}")
     try:
         raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"corrupted {cfg_path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(raw).__name__}")
     source = str(root)
     arch = raw.get("architecture", "standard")
     if arch not in ARCHITECTURES:
@@ -83,6 +86,8 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
             raise ValueError(f"{source}: per-head SAEs ({key}={_get(raw, key)}) are not supported")
     hook_in = _get(raw, "hook_name")
     hook_out = _get(raw, "hook_name_out") if is_transcoder else hook_in
+    if not isinstance(hook_in, str) or not isinstance(hook_out, str):
+        raise ValueError(f"{cfg_path}: hook_name must be a string, got {hook_in!r} / {hook_out!r}")
     if not hook_in or not hook_out:
         raise ValueError(f"{source}: cfg.json names no hook_name{'/hook_name_out' if is_transcoder else ''}")
     try:
@@ -91,8 +96,13 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
         raise ValueError(f"corrupted or truncated safetensors file {w_path}: {err}") from err
     require(source, t, "W_enc", "b_enc", "W_dec", "b_dec")
     finite_or_raise(source, t)
-    d_in, n = int(raw["d_in"]), int(raw["d_sae"])
-    d_out = int(raw.get("d_out", d_in)) if is_transcoder else d_in
+    for key in ("d_in", "d_sae"):
+        if key not in raw:
+            raise ValueError(f"{cfg_path}: missing field {key!r} (an int)")
+    d_in, n = strict_int(raw["d_in"], "d_in", str(cfg_path), minimum=1), strict_int(raw["d_sae"], "d_sae", str(cfg_path), minimum=1)
+    d_out = strict_int(raw.get("d_out", d_in), "d_out", str(cfg_path), minimum=1) if is_transcoder else d_in
+    if raw.get("k") is not None:
+        strict_int(raw["k"], "k", str(cfg_path), minimum=1)
     check_shape(source, "W_enc", t["W_enc"], (d_in, n))
     check_shape(source, "b_enc", t["b_enc"], (n,))
     check_shape(source, "W_dec", t["W_dec"], (n, d_out))

@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from tc_circuits.validate import strict_bool, strict_int
 from tc_circuits.formats._common import (
     build,
     check_shape,
@@ -126,11 +127,14 @@ def load_sparsify(
     for flag in ("embed_skip", "gram_lookup"):
         if raw.get(flag):
             raise ValueError(f"{source}: {flag}=True needs inputs besides this hookpoint; not supported")
-    transcode = bool(raw.get("transcode", False))
+    transcode = strict_bool(raw.get("transcode", False), "transcode", source)
     require(source, t, "encoder.weight", "encoder.bias", "W_dec", "b_dec")
     finite_or_raise(source, t)
-    d_in = int(raw["d_in"])
-    n = int(raw.get("num_latents") or 0) or d_in * int(raw.get("expansion_factor", 32))
+    if "d_in" not in raw:
+        raise ValueError(f"{source}: cfg.json is missing field 'd_in' (an int)")
+    d_in = strict_int(raw["d_in"], "d_in", source, minimum=1)
+    n = strict_int(raw.get("num_latents") or 0, "num_latents", source) or d_in * strict_int(
+        raw.get("expansion_factor", 32), "expansion_factor", source, minimum=1)
     check_shape(source, "encoder.weight", t["encoder.weight"], (n, d_in))
     check_shape(source, "encoder.bias", t["encoder.bias"], (n,))
     check_shape(source, "W_dec", t["W_dec"], (n, d_in))
@@ -138,7 +142,7 @@ def load_sparsify(
     skip = "W_skip" in t
     if skip:
         check_shape(source, "W_skip", t["W_skip"], (d_in, d_in))
-    if bool(raw.get("skip_connection", skip)) != skip:
+    if strict_bool(raw.get("skip_connection", skip), "skip_connection", source) != skip:
         raise ValueError(f"{source}: cfg skip_connection={raw.get('skip_connection')} but W_skip present={skip}")
     dtype = t["encoder.weight"].dtype
     W_enc = t["encoder.weight"].double().T

@@ -217,7 +217,13 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
             value = node["tc_value"]
             expanded = node["tc_expanded"]
         else:
-            kind, layer, pos, lat, tok = _parse_foreign(node)
+            try:
+                kind, layer, pos, lat, tok = _parse_foreign(node)
+            except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+                raise ValueError(
+                    f"graph JSON node {i} ({node.get('node_id') if isinstance(node, dict) else node!r}): "
+                    f"missing or malformed field {err} (expected node_id, feature_type, ctx_idx, layer, feature)"
+                ) from err
             value, expanded = None, False
         if kind not in NODE_TYPES:
             raise ValueError(f"unknown node type {kind!r} in node {node.get('node_id')}")
@@ -237,8 +243,8 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
     try:
         et = torch.tensor([index[link["target"]] for link in data["links"]], dtype=torch.int64)
         es = torch.tensor([index[link["source"]] for link in data["links"]], dtype=torch.int64)
-    except KeyError as err:
-        raise ValueError(f"link refers to unknown node {err}") from err
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"link refers to unknown node or lacks source/target: {err}") from err
     edge_dtype = getattr(torch, ours.get("edge_dtype", "float32"))
     ew = torch.tensor([link["weight"] for link in data["links"]], dtype=torch.float64).to(edge_dtype)
     strings = list(meta.get("prompt_tokens", []))
@@ -273,6 +279,11 @@ def load_json(path: str | os.PathLike) -> AttributionGraph:
     """Read a graph JSON file (ours or circuit-tracer's)."""
     try:
         data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"corrupted graph JSON {path}: {err}") from err
-    return from_json_dict(data)
+    if not isinstance(data, dict):
+        raise ValueError(f"graph JSON {path} must hold an object, got {type(data).__name__}")
+    try:
+        return from_json_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err

@@ -24,10 +24,17 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from tc_circuits.fileio import atomic_write
+from tc_circuits.fileio import atomic_write_many
+from tc_circuits.validate import (
+    ChecksumError,
+    load_safetensors,
+    read_json_object,
+    safetensors_metadata,
+    save_safetensors,
+    text_digest,
+)
 
 #: Node types, in node-table order. Their position in this tuple is the stored type code.
 NODE_TYPES = ("feature", "error", "mlp_const", "embedding", "position", "constant", "target")
@@ -39,6 +46,8 @@ INPUT_TYPES = ("embedding", "position", "constant")
 TENSORS_NAME = "graph.safetensors"
 META_NAME = "graph.json"
 FORMAT_VERSION = 1
+#: Key (in graph.safetensors' header) of graph.json's SHA-256.
+JSON_CHECKSUM_KEY = "tc_circuits.graph_json_sha256"
 
 
 def type_code(name: str) -> int:
@@ -150,8 +159,15 @@ class AttributionGraph:
         if len(self.prompt_strings) != self.prompt_tokens.shape[0]:
             raise ValueError("prompt_strings and prompt_tokens differ in length")
         n = len(self.nodes)
-        if e and (int(self.edge_target.max()) >= n or int(self.edge_source.max()) >= n):
-            raise ValueError(f"edge index out of range for {n} nodes")
+        for name in ("edge_target", "edge_source"):
+            idx = getattr(self, name)
+            if idx.is_floating_point() or idx.dtype == torch.bool:
+                raise ValueError(f"{name} must hold integer node indices, got dtype {idx.dtype}")
+            if e and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                raise ValueError(
+                    f"{name} holds node index range [{int(idx.min())}, {int(idx.max())}], "
+                    f"outside [0, {n}) for a graph of {n} nodes"
+                )
 
     # ------------------------------------------------------------------ views
     @property
@@ -287,22 +303,50 @@ class AttributionGraph:
             "prompt": self.prompt,
             "metadata": self.metadata,
         }
-        atomic_write(path / TENSORS_NAME, lambda p: save_file(tensors, p))
         text = json.dumps(meta, indent=1)
-        atomic_write(path / META_NAME, lambda p: Path(p).write_text(text))
+        # both files together (never an old one next to a new one), each with a content hash:
+        # the tensors' in their header, graph.json's recorded there too
+        atomic_write_many({
+            path / TENSORS_NAME: lambda p: save_safetensors(tensors, p, {JSON_CHECKSUM_KEY: text_digest(text)}),
+            path / META_NAME: lambda p: Path(p).write_text(text),
+        })
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AttributionGraph:
         """Load a folder written by :meth:`save`."""
         path = Path(path)
+        if path.is_file() and path.name in (TENSORS_NAME, META_NAME):
+            raise ValueError(
+                f"{path} is one file of a saved graph; pass its folder {path.parent} "
+                f"(which holds {TENSORS_NAME} and {META_NAME})"
+            )
+        if path.is_file():
+            raise ValueError(f"{path} is a file; expected a folder holding {TENSORS_NAME} and {META_NAME}")
         for f in (path / TENSORS_NAME, path / META_NAME):
             if not f.is_file():
                 raise FileNotFoundError(f"attribution graph file missing: {f}")
-        meta = json.loads((path / META_NAME).read_text())
+        meta = read_json_object(path / META_NAME, "graph metadata", ("node_types", "target_labels", "prompt_strings"))
+        t = load_safetensors(path / TENSORS_NAME, "graph tensors")
+        recorded = safetensors_metadata(path / TENSORS_NAME).get(JSON_CHECKSUM_KEY)
+        if recorded is not None and recorded != text_digest((path / META_NAME).read_text()):
+            raise ChecksumError(
+                f"{path / META_NAME} fails its content check (its sha256 differs from the one recorded in "
+                f"{TENSORS_NAME}): it was modified or corrupted after the graph was saved"
+            )
         if meta.get("node_types") != list(NODE_TYPES):
             raise ValueError(f"{path}: unknown node type coding {meta.get('node_types')}")
-        t = load_file(str(path / TENSORS_NAME))
+        for key in ("target_labels", "prompt_strings"):
+            if not isinstance(meta[key], list) or not all(isinstance(x, str) for x in meta[key]):
+                raise ValueError(f"{path / META_NAME}: {key} must be a list of strings")
+        needed = [f"nodes.{f}" for f in NodeTable.FIELDS] + [
+            "edge_target", "edge_source", "edge_weight", "target_weights", "prompt_tokens"]
+        missing = [k for k in needed if k not in t]
+        if missing:
+            raise ValueError(f"{path / TENSORS_NAME} is missing tensors {missing}")
+        lengths = {int(t[f"nodes.{f}"].shape[0]) for f in NodeTable.FIELDS}
+        if len(lengths) != 1:
+            raise ValueError(f"{path / TENSORS_NAME}: node table columns differ in length {sorted(lengths)}")
         nodes = NodeTable(**{f: t[f"nodes.{f}"] for f in NodeTable.FIELDS})
         return cls(
             nodes=nodes,
