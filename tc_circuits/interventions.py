@@ -27,7 +27,7 @@ from torch import Tensor
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
 from tc_circuits.models.sites import Site, global_hook
-from tc_circuits.models.safe_hooks import temporary_hooks
+from tc_circuits.models.safe_hooks import hooks_restored, temporary_hooks
 from tc_circuits.validate import check_spliceable
 
 
@@ -87,7 +87,7 @@ def intervene(
     if model.cfg.normalization_type is not None:
         frozen_names.add(global_hook("ln_final_scale"))
     io_names = {Site(L, k).hook_name for L in transcoders for k in ("mlp_in", "mlp_out")}
-    with torch.no_grad():
+    with torch.no_grad(), hooks_restored(model):  # an interrupt never leaves a caching hook
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in frozen_names | io_names)
         clean_lat, errors = {}, {}
         for L, tc in transcoders.items():

@@ -93,20 +93,7 @@ class TranscoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        src = "transcoder config"
-        strict_bool(self.skip, "skip", src)
-        if self.k is not None:
-            strict_int(self.k, "k", src)
-        finite_float(self.jumprelu_init_threshold, "jumprelu_init_threshold", src)
-        finite_float(self.jumprelu_bandwidth, "jumprelu_bandwidth", src)
-        if self.model_d_model is not None:
-            strict_int(self.model_d_model, "model_d_model", src, minimum=1)
-        if self.model_name is not None and not isinstance(self.model_name, str):
-            raise ValueError(f"{src}: model_name must be a string or null, got {self.model_name!r}")
-        if not isinstance(self.weight_processing, dict):
-            raise ValueError(f"{src}: weight_processing must be an object of bools, got {self.weight_processing!r}")
-        for key, value in self.weight_processing.items():
-            strict_bool(value, f"weight_processing[{key!r}]", src)
+        _check_field_types(dataclasses.asdict(self))
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
@@ -153,6 +140,7 @@ class TranscoderConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown transcoder config keys: {sorted(unknown)}")
+        _check_field_types(data)  # before the constructor: clear messages for JSON values
         return cls(**data)
 
     @classmethod
@@ -188,6 +176,34 @@ class TranscoderConfig:
             weight_processing=sig["weight_processing"],
             **kwargs,
         )
+
+
+def _check_field_types(d: dict[str, Any], src: str = "transcoder config") -> None:
+    """JSON types of the config fields: bools are bools (``"no"`` is not), ints are not floats."""
+    for name in ("d_in", "d_out", "n_latents"):
+        if name in d:
+            strict_int(d[name], name, src, minimum=1)
+    if "skip" in d:
+        strict_bool(d["skip"], "skip", src)
+    if d.get("k") is not None:
+        strict_int(d["k"], "k", src)
+    for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
+        if name in d:
+            finite_float(d[name], name, src)
+    if d.get("model_d_model") is not None:
+        strict_int(d["model_d_model"], "model_d_model", src, minimum=1)
+    for name in ("input_site", "output_site", "activation"):
+        if name in d and not isinstance(d[name], str):
+            raise ValueError(f"{src}: {name} must be a string, got {d[name]!r}")
+    if d.get("model_name") is not None and not isinstance(d["model_name"], str):
+        raise ValueError(f"{src}: model_name must be a string or null, got {d['model_name']!r}")
+    wp = d.get("weight_processing", {})
+    if not isinstance(wp, dict):
+        raise ValueError(f"{src}: weight_processing must be an object of bools, got {wp!r}")
+    for key, value in wp.items():
+        strict_bool(value, f"weight_processing[{key!r}]", src)
+    if not isinstance(d.get("extra", {}), dict):
+        raise ValueError(f"{src}: extra must be an object, got {d.get('extra')!r}")
 
 
 class TranscoderOutput(NamedTuple):

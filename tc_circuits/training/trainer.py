@@ -52,6 +52,7 @@ from tc_circuits.training.guard import (
     prepare_out_dir,
 )
 from tc_circuits.training.config import TrainConfig
+from tc_circuits.validate import check_writable
 from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderSet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,7 +157,7 @@ class Trainer:
         if cfg.out_dir is not None and self.dist.is_main:
             # before any training: one run per folder (lock), no mixing with another run,
             # writable, room for the checkpoints
-            Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+            check_writable(cfg.out_dir, what="training out folder")  # creates it; clear error if it cannot
             self._lock = OutDirLock(cfg.out_dir)
         try:
             if self._lock is not None:
@@ -220,7 +221,7 @@ class Trainer:
         loss = sum(self._layer_loss(layer, *batch[layer], stats) for layer in self.layers)
         if not bool(torch.isfinite(loss.detach())):  # type: ignore[union-attr]
             raise TrainingDivergedError(
-                f"training diverged at step {self.step}: the loss is {float(loss):g} (lr={lr:g}, "
+                f"training diverged at step {self.step}: the loss is {float(loss.detach()):g} (lr={lr:g}, "
                 f"grad_clip={cfg.grad_clip}); no weights of this step were applied or saved. "
                 "Lower lr or set grad_clip"
             )
