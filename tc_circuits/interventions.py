@@ -17,6 +17,7 @@ recomputed the change is the total effect (direct + through downstream features)
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -68,7 +69,14 @@ def intervene(
     check_spliceable(transcoders, model.cfg.model_name)
     tokens = to_tokens(model, prompt_or_tokens)
     P = int(tokens.shape[0])
-    ivs = [FeatureIntervention(*iv) for iv in interventions]
+    ivs = []
+    for iv in interventions:
+        iv = FeatureIntervention(*iv)
+        try:  # ints (numpy / 0-d tensor ints too); a float position or latent is refused
+            iv = iv._replace(**{n: operator.index(getattr(iv, n)) for n in ("layer", "pos", "latent")})
+        except TypeError as err:
+            raise ValueError(f"intervention {iv}: layer, pos and latent must be integers") from err
+        ivs.append(iv)
     for iv in ivs:
         tc = transcoders.get(iv.layer)
         if tc is None:

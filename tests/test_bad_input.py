@@ -828,3 +828,21 @@ def test_graph_save_interrupted_keeps_old_files(tmp_path, tiny, monkeypatch):
     assert _all_files(path) == before and not list(path.glob("*.tmp"))
     monkeypatch.setattr("tc_circuits.graph.graph.save_safetensors", real)
     AttributionGraph.load(path)
+
+
+PAYLOADS = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "</script><script>alert(2)</script>"]
+
+
+def test_hostile_strings_are_escaped_in_the_html_page(tmp_path, tiny):
+    """Prompt, token strings, target labels and the title are escaped (plotly JSON included)."""
+    from tc_circuits.viz.html_page import write_graph_page
+
+    g = _graph(tiny)
+    g.prompt = PAYLOADS[0]
+    g.prompt_strings = [PAYLOADS[i % 3] for i in range(len(g.prompt_strings))]
+    g.target_labels = [PAYLOADS[1]] * len(g.target_labels)
+    page = write_graph_page(tmp_path / "p.html", g, title=PAYLOADS[2], progress=False).read_text()
+    for p in PAYLOADS:
+        assert p not in page, p
+    assert "<img src=x" not in page
+    assert page.count("<script") == page.count("</script>")  # no tag was opened or closed by a payload

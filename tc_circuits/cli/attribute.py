@@ -45,9 +45,12 @@ def load_model_and_transcoders(kind: str):
 
 
 def _single_token(tokenizer, text: str) -> int:
+    from tc_circuits.attribution.targets import warn_unknown_tokens
+
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
         raise ValueError(f"{text!r} is not a single token (ids {ids})")
+    warn_unknown_tokens(tokenizer, ids, text, "--diff-tokens")
     return int(ids[0])
 
 
