@@ -56,7 +56,7 @@ def intervene(
     model,
     transcoders: dict,
     prompt_or_tokens: str | Int[Tensor, " pos"] | list[int],
-    interventions: Iterable[FeatureIntervention | tuple[int, int, int, float]] = (),
+    interventions: Iterable[FeatureIntervention | tuple] = (),  # checked below (clear messages)
     *,
     mode: str = "frozen",
     recompute_features: bool = True,

@@ -188,6 +188,10 @@ def _case_nan_intervention_value(tmp_path, tiny, org):
     intervene(*tiny, _toks(), [(0, 1, 2, float("nan"))])
 
 
+def _case_float_intervention_position(tmp_path, tiny, org):
+    intervene(*tiny, _toks(), [(0, 1.5, 2, 0.0)])
+
+
 def _case_nan_in_weights_file(tmp_path, tiny, org):
     def poison(t):
         t["W_dec"][0, 0] = float("nan")
@@ -461,6 +465,7 @@ CASES = [
     ("nan_transcoder_intervene", _case_nan_transcoder_intervene, NonFiniteError, "tensor b_dec"),
     ("nan_target_direction", _case_nan_target_direction, ValueError, "direction holds NaN or infinite"),
     ("nan_intervention_value", _case_nan_intervention_value, ValueError, "value must be a finite number"),
+    ("float_intervention_position", _case_float_intervention_position, ValueError, "layer, pos and latent must be integers"),
     ("nan_in_weights_file", _case_nan_in_weights_file, NonFiniteError, "weights.safetensors: tensor W_dec"),
     ("exactness_check_fails_on_nan", _case_exactness_nan_fails, AttributionExactnessError, "relative nan"),
     # (3) the tolerance is tight enough to catch a skip path off by 0.1% (1e-6 in float64)
@@ -579,29 +584,27 @@ def test_unknown_tokens_are_warned(run, fragment, organism):
     assert any(fragment in str(w.message) for w in rec)
 
 
-def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tc_circuits", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=240)
+def test_cli_errors_are_one_line(tmp_path, tiny, organism, monkeypatch, capsys):
+    import tc_circuits.cli.attribute as cli_attribute
+    from tc_circuits.cli import build_parser, main
 
-
-def test_cli_errors_are_one_line(tmp_path, tiny):
     graph_dir = _saved_graph(tmp_path, tiny)
-    from tc_circuits.cli import build_parser
-
     args = build_parser().parse_args(["view", str(graph_dir), "--out", "x.html", "--no-progress"])
     assert args.no_progress is True
+    monkeypatch.setattr(cli_attribute, "load_model_and_transcoders", lambda kind: organism)
     cases = [
         (["attribute", "--prompt", "x", "--out", str(tmp_path / "o"), "--slug", "../../x"], "--slug '../../x' is not a safe file name"),
         (["attribute", "--prompt", _long_text(), "--out", str(tmp_path / "o2")], "longer than the model's context"),
         (["view", str(graph_dir / "graph.json"), "--out", str(tmp_path / "v.html")], "pass its folder"),
+        (["train", "--out-dir", str(graph_dir / "graph.json"), "--n-latents", "32", "--k", "4"],
+         "exists and is not a folder"),
     ]
     for argv, fragment in cases:
-        res = _cli(*argv)
-        assert res.returncode == 2, res.stderr[-2000:]
-        lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "Moving model" not in ln]
-        assert len(lines) == 1 and fragment in lines[0], res.stderr[-2000:]
-    assert not (tmp_path / "x.neuronpedia.json").exists() and not (tmp_path.parent / "x.neuronpedia.json").exists()
+        capsys.readouterr()
+        assert main(argv) == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"tc-circuits {argv[0]}: error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "o").exists() and not list(tmp_path.parent.glob("x.neuronpedia.json"))
 
 
 # ----------------------------------------------------------------------------- fault injection
