@@ -30,9 +30,9 @@ from tc_circuits.attribution import engine
 from tc_circuits.attribution.engine import AttributionExactnessError, AttributionMemoryError, attribute
 from tc_circuits.attribution.linearise import LinearisedModel
 from tc_circuits.attribution.targets import Target
-from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
+from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.evaluation.splice import count_hooks, splice
-from tc_circuits.graph.graph import AttributionGraph, NodeTable
+from tc_circuits.graph.graph import AttributionGraph
 from tc_circuits.interventions import intervene
 from tc_circuits.training import checkpoint as ckpt
 from tc_circuits.training.config import TrainConfig
