@@ -171,6 +171,7 @@ class Trainer:
                 for layer, y in self.store.buffer_outputs().items():
                     self.transcoders[layer].init_from_data(y)
         except BaseException:
+            self.store.close()  # no background fill left running
             self._release()
             raise
 
