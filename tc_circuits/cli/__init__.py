@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError, MemoryError) as err:  # clear one-line errors
         print(f"tc-circuits {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if not type(err).__module__.startswith("tc_circuits."):  # a library's: keep the traceback
+            raise
+        print(f"tc-circuits {args.command}: error: {err}", file=sys.stderr)  # e.g. AttributionExactnessError
+        return 2
     return int(result or 0)
 
 
