@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tc_circuits.fileio import atomic_write
+from tc_circuits.graph.table import feature_table
 
 #: Node types, in node-table order. Their position in this tuple is the stored type code.
 NODE_TYPES = ("feature", "error", "mlp_const", "embedding", "position", "constant", "target")
@@ -209,6 +210,10 @@ class AttributionGraph:
         idx = self.target_indices[t]
         tok = int(self.nodes.token_id[idx])
         return tok if tok >= 0 else int(self.metadata.get("d_vocab", 0)) + t
+
+    def features(self, **kwargs: Any) -> Any:
+        """The feature nodes as a pandas DataFrame, strongest first (:func:`tc_circuits.graph.table.feature_table`)."""
+        return feature_table(self, **kwargs)
 
     def node_ids(self) -> list[str]:
         return [self.node_id(i) for i in range(self.n_nodes)]
