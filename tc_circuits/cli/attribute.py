@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 
@@ -63,9 +64,9 @@ class AttributeOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tc_circuits.attribution.engine import AttributionConfig
+    from tc_circuits.attribution.config import AttributionConfig
 
-    p = sub.add_parser("attribute", help="build an attribution graph for a prompt", description=__doc__,
+    p = sub.add_parser("attribute", help=HELP["attribute"], description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, AttributeOptions)
     add_dataclass_args(p, ModelOptions)
@@ -150,7 +151,7 @@ def format_top(table: Any, n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from tc_circuits.attribution.engine import AttributionConfig
+    from tc_circuits.attribution.config import AttributionConfig
 
     opts = dataclass_from_args(AttributeOptions, args)
     graph, summary = attribute_prompt(

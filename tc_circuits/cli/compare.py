@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tc_circuits.evaluation.compare import CompareConfig
 
-    parser = sub.add_parser(
-        "compare",
-        help="train an SAE, a transcoder and a skip transcoder and compare FVU, ΔCE, KL, L0, greater-than",
+    parser = sub.add_parser("compare", help=HELP["compare"],
     )
     add_dataclass_args(parser, CompareConfig)
     parser.set_defaults(func=run)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from tc_circuits.demo import DemoConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="end-to-end demo on the bundled organism")
+    parser = sub.add_parser("demo", help=HELP["demo"])
     add_dataclass_args(parser, DemoConfig)
     parser.set_defaults(func=_run)
 

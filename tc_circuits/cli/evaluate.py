@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tc_circuits.cli.data import DataOptions
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 
@@ -43,7 +44,7 @@ class EvaluateOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="FVU, L0, dead, ΔCE, KL, CE recovered (+ a task) of any dictionaries",
+    p = sub.add_parser("evaluate", help=HELP["evaluate"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, ModelOptions)
     add_dataclass_args(p, DataOptions)

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 
@@ -46,7 +47,7 @@ class InterveneOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("intervene", help="ablate / steer features of a saved graph; target change frozen and live",
+    p = sub.add_parser("intervene", help=HELP["intervene"],
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("graph_dir", help="folder written by AttributionGraph.save (e.g. by tc-circuits attribute)")
     add_dataclass_args(p, InterveneOptions)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("organism", help="train or evaluate the bundled model organism")
+    parser = sub.add_parser("organism", help=HELP["organism"])
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 

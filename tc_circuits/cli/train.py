@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from tc_circuits.cli.data import DataOptions
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 from tc_circuits.training.config import TrainConfig
@@ -42,7 +43,7 @@ class TrainRunOptions:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train transcoders for several layers at once", description=__doc__,
+    p = subparsers.add_parser("train", help=HELP["train"], description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, ModelOptions, exclude=("transcoders", "device"))
     add_dataclass_args(p, DataOptions)

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from tc_circuits.viz.dashboards import DashboardConfig
     from tc_circuits.viz.graph_view import GraphViewConfig
 
-    parser = sub.add_parser("view", help="write an offline HTML page: graph view + feature dashboards",
+    parser = sub.add_parser("view", help=HELP["view"],
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("graph_dir", help="folder written by AttributionGraph.save")
     parser.add_argument("--out", required=True, help="HTML file to write")
