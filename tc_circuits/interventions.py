@@ -129,9 +129,9 @@ def intervene(
 _SPEC = re.compile(r"^L?(\d+):(\d+)@(-?\d+)(?:=(.+))?$")
 
 
-def parse_feature_spec(spec: str, *, steer: bool = False) -> tuple[int, int, int, float]:
-    """``"L0:527@12"`` -> ``(layer 0, latent 527, pos 12, 0.0)`` (an ablation);
-    ``"L1:72@12=2.0"`` -> value 2.0 (steering: the activation is set to the value).
+def parse_feature_spec(spec: str, *, steer: bool = False) -> FeatureIntervention:
+    """``"L0:527@12"`` -> ``FeatureIntervention(layer=0, pos=12, latent=527, value=0.0)`` (an
+    ablation); ``"L1:72@12=2.0"`` -> value 2.0 (steering: the activation is set to the value).
 
     Positions may be negative (counted from the end of the prompt).
     """
@@ -148,7 +148,7 @@ def parse_feature_spec(spec: str, *, steer: bool = False) -> tuple[int, int, int
         value = float(m.group(4)) if steer else 0.0
     except ValueError as err:
         raise ValueError(f"steering value in {spec!r} is not a number") from err
-    return int(m.group(1)), int(m.group(2)), int(m.group(3)), value
+    return FeatureIntervention(layer=int(m.group(1)), pos=int(m.group(3)), latent=int(m.group(2)), value=value)
 
 
 class TargetChange(NamedTuple):

@@ -37,7 +37,7 @@ class InterveneOptions:
     progress: bool = True
     """Unused (interventions are single forward passes); accepted so every command takes --no-progress."""
 
-    def interventions(self) -> list[tuple[int, int, int, float]]:
+    def interventions(self) -> list:
         from tc_circuits.interventions import parse_feature_spec
 
         ivs = [parse_feature_spec(s) for s in self.ablate] + [parse_feature_spec(s, steer=True) for s in self.steer]

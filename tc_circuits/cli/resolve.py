@@ -19,6 +19,8 @@ dictionaries whose content hash matches) and refuses mismatching ones
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -70,7 +72,16 @@ def best_device() -> str:
 
 
 def load_model_from(opts: ModelOptions) -> Any:
-    """The model ``opts`` names, on its device and in its dtype."""
+    """The model ``opts`` names, on its device and in its dtype.
+
+    TransformerLens' loading chatter ("Moving model to device") goes to stderr, so a command's
+    stdout stays machine-readable (``--json``).
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        return _load_model(opts)
+
+
+def _load_model(opts: ModelOptions) -> Any:
     import torch
 
     device = opts.device or best_device()
@@ -135,8 +146,8 @@ def _organism_name() -> str:
 
 def resolve(opts: ModelOptions = ModelOptions()) -> Resolved:
     """Load the model and dictionaries ``opts`` names."""
+    spec = transcoder_spec(opts)  # before the (slow) model load: a missing --transcoders fails fast
     model = load_model_from(opts)
-    spec = transcoder_spec(opts)
     tcs = load_transcoders_from(spec, model, dtype=opts.dtype)
     return Resolved(model, tcs, sources_of(opts, spec))
 
