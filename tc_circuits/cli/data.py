@@ -23,7 +23,7 @@ class DataOptions:
     text_column: str = "text"
     """Text column of --dataset."""
     seq_len: int | None = None
-    """Tokens per row (None = min(n_ctx, 128))."""
+    """Tokens per row (None = 64 for the organism, as in the demo and compare: it was trained on 96-token rows; else min(n_ctx, 128))."""
     source_batch_rows: int = 32
     """Rows per token batch fed to the model."""
 
@@ -34,8 +34,19 @@ class DataOptions:
             raise ValueError(f"--source-batch-rows must be >= 1, got {self.source_batch_rows}")
 
 
+#: Default row length on the organism (within the 96 tokens per row it was trained on).
+ORGANISM_SEQ_LEN = 64
+
+
 def seq_len_for(model: Any, data: DataOptions) -> int:
-    return data.seq_len or min(int(model.cfg.n_ctx), 128)
+    """Tokens per row: ``data.seq_len``, else 64 on the organism, else ``min(n_ctx, 128)``."""
+    if data.seq_len:
+        return data.seq_len
+    from tc_circuits.organism.tokenizer import ORGANISM_NAME
+
+    if model.cfg.model_name == ORGANISM_NAME:
+        return ORGANISM_SEQ_LEN
+    return min(int(model.cfg.n_ctx), 128)
 
 
 def dataset_tokens(model: Any, data: DataOptions) -> Any:
