@@ -72,9 +72,9 @@ Target tokens are read as inside the prompt (`--diff-tokens Mary John` after `".
 intended one. `train` warns before it starts when the budget cannot work (warm-up or
 dead-latent window longer than the run, ...; an error with `--strict`).
 
-`tc-circuits --help` and the `--help` of `train`, `evaluate`, `attribute`, `intervene` and
-`demo` import no torch (they answer in well under a second); `view`, `compare` and `organism`
-read their options from configs that live beside torch code.
+`tc-circuits --help` and every subcommand's `--help` except `organism`'s import no torch (they
+answer in well under a second): only the command being run is imported, and configs that live
+beside torch code are read from their source (`add_config_args`).
 """
 
 

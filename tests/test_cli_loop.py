@@ -8,6 +8,8 @@ impossible budget warned), and the command line gives the same numbers as the Py
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -53,7 +55,7 @@ def gpt2_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gpt2_trained(gpt2_dirs, tmp_path_factory):
-    """``tc-circuits train`` on the GPT-2 folder: its transcoders folder and the printed text."""
+    """``tc-circuits train`` on the GPT-2 folder: its run folder and what it printed."""
     model_dir, data_dir = gpt2_dirs
     out = tmp_path_factory.mktemp("gpt2_run")
     argv = ["train", "--model", str(model_dir), "--dataset", str(data_dir), "--seq-len", "32",
@@ -61,7 +63,12 @@ def gpt2_trained(gpt2_dirs, tmp_path_factory):
             "--buffer-tokens", "512", "--warmup-steps", "2", "--dead-tokens-threshold", "1024",
             "--log-every", "5", "--decay-fraction", "0.2", "--eval-sequences", "8", "--out-dir", str(out),
             "--no-progress", "--kind", "transcoder"]
-    return out, argv
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(argv)
+    assert rc == 0
+    return out, buf.getvalue()
 
 
 def run_cli(argv, capsys):
@@ -71,8 +78,9 @@ def run_cli(argv, capsys):
 
 
 # ----------------------------------------------------------------------------- --help
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"],
-                                  ["attribute", "--help"], ["intervene", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["attribute", "--help"],
+                                  ["intervene", "--help"], ["demo", "--help"], ["view", "--help"],
+                                  ["compare", "--help"]])
 def test_help_imports_neither_torch_nor_transformer_lens(argv):
     code = (
         "import sys\nfrom tc_circuits.cli import main\n"
@@ -85,6 +93,29 @@ def test_help_imports_neither_torch_nor_transformer_lens(argv):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("HEAVY []"), res.stdout[-300:]
     assert "usage: tc-circuits" in res.stdout
+
+
+@pytest.mark.parametrize("ref", ["tc_circuits.attribution.engine:AttributionConfig",
+                                 "tc_circuits.viz.graph_view:GraphViewConfig",
+                                 "tc_circuits.viz.dashboards:DashboardConfig",
+                                 "tc_circuits.evaluation.compare:CompareConfig"])
+def test_configs_read_from_source_equal_the_real_ones(ref):
+    """--help reads these configs' fields from their source: names, types, defaults and docs
+    must be exactly the imported dataclass's (so the CLI cannot drift from the API)."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from tc_circuits.cli.dataclass_args import config_class, field_docs, static_dataclass
+
+    module, _, name = ref.partition(":")
+    static, real = static_dataclass(module, name), config_class(ref)
+    assert static is not None
+    sf, rf = dataclasses.fields(static), [f for f in dataclasses.fields(real) if f.init]
+    assert [f.name for f in sf] == [f.name for f in rf]
+    assert [f.default for f in sf] == [f.default for f in rf]
+    hs, hr = get_type_hints(static), get_type_hints(real)
+    assert all(hs[f.name] == hr[f.name] for f in sf), name
+    assert static.__field_docs__ == field_docs(real)
 
 
 def test_every_command_takes_model_options_and_no_progress():
@@ -293,10 +324,8 @@ def test_impossible_budget_warned_and_strict_refused(tmp_path, capsys):
 # ----------------------------------------------------------------------------- second model
 def test_loop_on_a_gpt2_shaped_folder(gpt2_dirs, gpt2_trained, tmp_path, capsys):
     model_dir, data_dir = gpt2_dirs
-    run_dir, train_argv = gpt2_trained
-    rc, out, err = run_cli(train_argv, capsys)
-    assert rc == 0, err
-    assert "held-out evaluation:" in out
+    run_dir, train_out = gpt2_trained
+    assert "held-out evaluation:" in train_out and "| 1 | transcoder |" in train_out
     tcs_dir = run_dir / "transcoders"
     trained_eval = json.loads((run_dir / "evaluation.json").read_text())
 
@@ -351,3 +380,24 @@ def test_unknown_model_and_dictionaries_are_clear_errors(tmp_path, capsys):
     assert rc == 2 and "not a Hugging Face model folder" in err
     with pytest.raises(ValueError, match="--device must be cpu, cuda or mps"):
         ModelOptions(device="tpu")
+
+
+def test_compare_and_demo_on_a_gpt2_shaped_folder(gpt2_dirs, gpt2_trained, tmp_path, capsys):
+    model_dir, data_dir = gpt2_dirs
+    run_dir, _ = gpt2_trained
+    rc, out, err = run_cli(["compare", "--model", str(model_dir), "--dataset", str(data_dir), "--layers", "0",
+                            "--n-latents", "32", "--k", "4", "--k-sweep", "4", "--total-tokens", "1024",
+                            "--batch-size", "256", "--buffer-tokens", "512", "--warmup-steps", "0", "--seq-len", "32",
+                            "--rows-per-batch", "8", "--eval-tokens", "256", "--out-dir", str(tmp_path / "cmp"),
+                            "--no-progress"], capsys)
+    assert rc == 0, err
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert {r["kind"] for r in saved["rows"]} == {"sae", "transcoder", "skip_transcoder"}
+    rc, out, err = run_cli(["demo", "--model", str(model_dir), "--transcoders", str(run_dir / "transcoders"),
+                            "--out", str(tmp_path / "demo"), "--eval-sequences", "4", "--no-progress",
+                            "--top-features", "3"], capsys)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["graph"]["exactness_error"] < 1e-3 and len(summary["graph"]["top_features"]) == 3
+    g = AttributionGraph.load(tmp_path / "demo" / "graph")
+    assert g.metadata["sources"]["transcoders"] == str((run_dir / "transcoders").resolve())

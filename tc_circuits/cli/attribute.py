@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tc_circuits.cli import HELP
-from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
+from tc_circuits.cli.dataclass_args import add_config_args, add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 
 TARGET_KINDS = ("top-logits", "logit-diff", "greater-than")
+ATTRIBUTION_CONFIG = "tc_circuits.attribution.engine:AttributionConfig"
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,11 @@ class AttributeOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tc_circuits.attribution.config import AttributionConfig
-
     p = sub.add_parser("attribute", help=HELP["attribute"], description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, AttributeOptions)
     add_dataclass_args(p, ModelOptions)
-    add_dataclass_args(p, AttributionConfig)
+    add_config_args(p, ATTRIBUTION_CONFIG)
     p.set_defaults(func=run)
 
 
@@ -151,7 +150,7 @@ def format_top(table: Any, n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from tc_circuits.attribution.config import AttributionConfig
+    from tc_circuits.attribution.engine import AttributionConfig
 
     opts = dataclass_from_args(AttributeOptions, args)
     graph, summary = attribute_prompt(

@@ -14,15 +14,13 @@ import argparse
 from pathlib import Path
 
 from tc_circuits.cli import HELP
-from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
+from tc_circuits.cli.dataclass_args import add_config_args, dataclass_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tc_circuits.evaluation.compare import CompareConfig
-
     parser = sub.add_parser("compare", help=HELP["compare"], description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(parser, CompareConfig)
+    add_config_args(parser, "tc_circuits.evaluation.compare:CompareConfig")
     parser.add_argument("--dataset", default=None,
                         help="local Hugging Face dataset folder for models other than the organism (default: None)")
     parser.add_argument("--text-column", default="text", help="text column of --dataset (default: 'text')")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tc_circuits.cli import HELP
-from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
+from tc_circuits.cli.dataclass_args import add_config_args, add_dataclass_args, dataclass_from_args
 from tc_circuits.cli.resolve import ModelOptions
 
 
@@ -46,17 +46,14 @@ class ViewOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tc_circuits.viz.dashboards import DashboardConfig
-    from tc_circuits.viz.graph_view import GraphViewConfig
-
     parser = sub.add_parser("view", help=HELP["view"],
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("graph_dir", help="folder written by AttributionGraph.save")
     parser.add_argument("--out", required=True, help="HTML file to write")
     add_dataclass_args(parser, ModelOptions)
     add_dataclass_args(parser, ViewOptions)
-    add_dataclass_args(parser, GraphViewConfig)
-    add_dataclass_args(parser, DashboardConfig)
+    add_config_args(parser, "tc_circuits.viz.graph_view:GraphViewConfig")
+    add_config_args(parser, "tc_circuits.viz.dashboards:DashboardConfig")
     parser.set_defaults(func=run)
 
 
