@@ -193,7 +193,7 @@ def test_attribute_cli_equals_api_and_records_provenance(organism_graph, capsys)
     gdir, csv = organism_graph
     g = AttributionGraph.load(gdir)
     meta = g.metadata
-    assert meta["sources"] == {"model": "organism", "transcoders": "transcoder"}
+    assert meta["sources"] == {"model": "organism", "transcoders": "transcoder", "dtype": "float32"}
     assert meta["model"]["model_name"] == "tc-circuits/organism" and len(meta["model"]["config_hash"]) == 16
     assert g.target_labels == ["P(YY>32) - P(YY<=32)"]  # the label carries the threshold year
     model, tcs, _ = resolve(ModelOptions(transcoders="transcoder"))
@@ -347,14 +347,17 @@ def test_loop_on_a_gpt2_shaped_folder(gpt2_dirs, gpt2_trained, tmp_path, capsys)
     with warnings.catch_warnings(record=True):
         rc, out, err = run_cli(["attribute", "--model", str(model_dir), "--transcoders", str(tcs_dir), "--prompt",
                                 prompt, "--out", str(gdir), "--target-direction", "logit-diff", "--diff-tokens",
-                                "year", "library", "--no-progress", "--csv", str(tmp_path / "f.csv")], capsys)
+                                "year", "library", "--no-progress", "--csv", str(tmp_path / "f.csv"),
+                                "--dtype", "float64"], capsys)
     assert rc == 0, err
     g = AttributionGraph.load(gdir)
     assert g.target_labels == ["logit ' year' - ' library'"]
-    assert g.metadata["sources"]["model"] == str(model_dir.resolve())
+    assert g.metadata["sources"]["model"] == str(model_dir.resolve()) and g.metadata["sources"]["dtype"] == "float64"
     assert pd.read_csv(tmp_path / "f.csv").shape[0] == int(g.mask_of("feature").sum())
 
-    # intervene and view with the recorded model and dictionaries
+    # intervene and view with the recorded model, dictionaries and dtype (float32 ones are refused)
+    rc, _, err = run_cli(["intervene", str(gdir), "--ablate", "L0:1@1", "--dtype", "float32"], capsys)
+    assert rc == 2 and "content hash" in err
     f = pd.read_csv(tmp_path / "f.csv").iloc[0]
     rc, out, err = run_cli(["intervene", str(gdir), "--ablate", f"L{f.layer}:{f.latent}@{f.position}", "--json",
                             "--no-recompute-features"], capsys)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -39,8 +39,8 @@ class ModelOptions:
     """Dictionaries: a folder in any supported format (tc_circuits, circuit-tracer, SAELens, sparsify, Dunefsky; auto-detected) or an organism kind (skip_transcoder, transcoder, sae); None = the organism's skip transcoders (commands reading a graph: the recorded ones)."""
     device: str | None = None
     """cpu, cuda or mps; None = the best available (cuda, then mps, then cpu)."""
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
-    """Precision to load the model (and dictionaries) in."""
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = None
+    """Precision to load the model (and dictionaries) in; None = float32 (commands reading a graph: the recorded one)."""
 
     def __post_init__(self) -> None:
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
@@ -49,6 +49,10 @@ class ModelOptions:
     @property
     def is_organism(self) -> bool:
         return self.model in (None, ORGANISM)
+
+    @property
+    def torch_dtype_name(self) -> str:
+        return self.dtype or "float32"
 
 
 class Resolved(NamedTuple):
@@ -89,12 +93,12 @@ def _load_model(opts: ModelOptions) -> Any:
         from tc_circuits.organism import load_organism
 
         model = load_organism(device=device)
-        if opts.dtype != "float32":
-            model = model.to(getattr(torch, opts.dtype))
+        if opts.torch_dtype_name != "float32":
+            model = model.to(getattr(torch, opts.torch_dtype_name))
         return model
     from tc_circuits.models.loading import load_model
 
-    return load_model(opts.model, device=device, dtype=opts.dtype)
+    return load_model(opts.model, device=device, dtype=opts.torch_dtype_name)
 
 
 def transcoder_spec(opts: ModelOptions) -> str:
@@ -148,7 +152,7 @@ def resolve(opts: ModelOptions = ModelOptions()) -> Resolved:
     """Load the model and dictionaries ``opts`` names."""
     spec = transcoder_spec(opts)  # before the (slow) model load: a missing --transcoders fails fast
     model = load_model_from(opts)
-    tcs = load_transcoders_from(spec, model, dtype=opts.dtype)
+    tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name)
     return Resolved(model, tcs, sources_of(opts, spec))
 
 
@@ -158,7 +162,8 @@ def sources_of(opts: ModelOptions, spec: str) -> dict[str, Any]:
     def norm(x: str) -> str:
         return str(Path(x).resolve()) if Path(x).exists() else x
 
-    return {"model": ORGANISM if opts.is_organism else norm(str(opts.model)), "transcoders": norm(spec)}
+    return {"model": ORGANISM if opts.is_organism else norm(str(opts.model)), "transcoders": norm(spec),
+            "dtype": opts.torch_dtype_name}
 
 
 def resolve_for_graph(graph: Any, opts: ModelOptions = ModelOptions()) -> Resolved:
@@ -172,12 +177,14 @@ def resolve_for_graph(graph: Any, opts: ModelOptions = ModelOptions()) -> Resolv
 
     sources = graph.metadata.get("sources") if isinstance(graph.metadata.get("sources"), dict) else {}
     if opts.model is None and sources.get("model"):
-        opts = ModelOptions(model=sources["model"], transcoders=opts.transcoders, device=opts.device, dtype=opts.dtype)
+        opts = replace(opts, model=sources["model"])
+    if opts.dtype is None and sources.get("dtype"):
+        opts = replace(opts, dtype=sources["dtype"])
     model = load_model_from(opts)
     check_graph_model(graph, model)
     if opts.transcoders is not None:
         spec = opts.transcoders
-        tcs = load_transcoders_from(spec, model, dtype=opts.dtype)
+        tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name)
         check_graph_transcoders(graph, tcs, what=f"the dictionaries {spec!r}")
         return Resolved(model, tcs, sources_of(opts, spec))
     candidates = []
@@ -188,7 +195,7 @@ def resolve_for_graph(graph: Any, opts: ModelOptions = ModelOptions()) -> Resolv
     tried = []
     for spec in candidates:
         try:
-            tcs = load_transcoders_from(spec, model, dtype=opts.dtype)
+            tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name)
         except (FileNotFoundError, ValueError) as err:
             tried.append(f"{spec}: {err}")
             continue
