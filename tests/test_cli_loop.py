@@ -130,6 +130,11 @@ def test_every_command_takes_model_options_and_no_progress():
         if name not in ("train", "compare"):
             assert "--transcoders" in flags, name
     assert set(SUBCOMMANDS) >= {"evaluate", "intervene"}
+    for name in SUBCOMMANDS:  # --no-progress everywhere (organism: on its train action)
+        p = sub.choices[name]
+        if name == "organism":
+            p = next(a for a in p._actions if a.dest == "action").choices["train"]
+        assert "--no-progress" in {s for a in p._actions for s in a.option_strings}, name
 
 
 # ----------------------------------------------------------------------------- hashes

@@ -36,6 +36,8 @@ class ConvertOptions:
     """The target TransformerLens model centres the unembedding."""
     model_name: str | None = None
     """Model name to record (sparsify checkpoints do not name their model)."""
+    progress: bool = True
+    """Accepted so that every command takes --no-progress (a conversion shows no progress bar)."""
 
     def __post_init__(self) -> None:
         if self.to not in TARGETS:
