@@ -409,3 +409,27 @@ def test_compare_and_demo_on_a_gpt2_shaped_folder(gpt2_dirs, gpt2_trained, tmp_p
     assert summary["graph"]["exactness_error"] < 1e-3 and len(summary["graph"]["top_features"]) == 3
     g = AttributionGraph.load(tmp_path / "demo" / "graph")
     assert g.metadata["sources"]["transcoders"] == str((run_dir / "transcoders").resolve())
+
+
+def test_budget_problems_each_condition():
+    from tc_circuits.training.config import TrainConfig
+
+    ok = TrainConfig(batch_size=1000, total_tokens=1_000_000, warmup_steps=50, dead_tokens_threshold=200_000,
+                     buffer_tokens=32_768, log_every=10)
+    assert ok.budget_problems() == [] and ok.check_budget() == []
+    cases = {
+        "warm-up (1000 steps) is not shorter than the run (1000 steps": dict(warmup_steps=1000),
+        "dead-latent window (2000000 tokens)": dict(dead_tokens_threshold=2_000_000),
+        "overlap in a run of 1000 steps": dict(warmup_steps=900, decay_fraction=0.2),
+        "rounds to no decay steps; the schedule assumes at least 2000 steps": dict(decay_fraction=0.0005),
+        "log_every=2000 is longer than the run": dict(log_every=2000),
+        "one buffer fill (2000000 tokens)": dict(buffer_tokens=2_000_000),
+    }
+    for text, change in cases.items():
+        cfg = ok.replace(**change)
+        problems = cfg.budget_problems()
+        assert len(problems) == 1 and text in problems[0], (change, problems)
+        with pytest.warns(UserWarning, match="training budget"):
+            cfg.check_budget()
+        with pytest.raises(ValueError, match="strict"):
+            cfg.replace(strict=True).check_budget()
