@@ -233,3 +233,37 @@ def test_mapping_reproduces_transformerlens_tables(official, hf):
 def test_one_line_family_registry():
     assert len(set(FAMILY_NAMES)) == len(FAMILIES)
     assert family("pythia").kwargs["use_parallel_residual"] is True
+
+
+def test_named_model_with_local_dir_keeps_name_and_mapping(folders, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf, folder = folders["gemma2"]
+    model = load_model("google/gemma-2-2b", local_dir=folder)
+    assert model.cfg.model_name == "gemma-2-2b"
+    assert model.cfg.d_model == 64  # read from the folder's config, not TL's table for the name
+    toks = _tokens(n=12)[None]
+    with torch.no_grad():
+        ours = torch.log_softmax(model(toks).double(), -1)
+        ref = torch.log_softmax(hf(toks).logits.double(), -1)
+    assert (ours - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("cls,kwargs,field", [
+    ("LlamaConfig", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling type 'yarn'"),
+    ("LlamaConfig", dict(attention_bias=True), "attention_bias"),
+    ("Qwen2Config", dict(use_sliding_window=True), "use_sliding_window"),
+    ("Gemma3TextConfig", dict(final_logit_softcapping=30.0), "final_logit_softcapping"),
+])
+def test_mapping_refuses_fields_it_cannot_carry(cls, kwargs, field):
+    import re
+
+    import transformers
+
+    from tc_circuits.models.hf_config import tl_config_dict
+
+    hf = getattr(transformers, cls)(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, **kwargs)
+    hf.architectures = [{"LlamaConfig": "LlamaForCausalLM", "Qwen2Config": "Qwen2ForCausalLM",
+                         "Gemma3TextConfig": "Gemma3ForCausalLM"}[cls]]
+    with pytest.raises(ValueError, match=re.escape(field)):
+        tl_config_dict(hf)

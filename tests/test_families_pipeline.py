@@ -139,3 +139,30 @@ def test_ov_virtual_weights_through_gqa(folders, name):
             torch.testing.assert_close(vw, ref.detach(), atol=1e-10, rtol=1e-8)
     finally:
         model.set_use_attn_result(False)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_dashboards_on_every_family(folders, name):
+    """Dashboard activations equal a full forward's; the direct logit effect is a frozen-scale
+    intervention on the (pre-cap) logits: RMSNorm families are not centred."""
+    from tc_circuits.viz.dashboards import DashboardConfig, compute_dashboards
+    from tc_circuits.viz.feature_weights import direct_logit_effects
+
+    model = load_model(folders[name], dtype="float64", fold_ln=False)  # ln_final.w on the path
+    tcs = make_transcoders(model, activation="topk", skip=True)
+    toks = _tokens(4, 12, seed=5)
+    boards = compute_dashboards(model, tcs, [(1, 3), (0, 7)], [toks], DashboardConfig(), progress=False)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    ref = tcs[1](cache["blocks.1.ln2.hook_normalized"]).latents[:, 1:, 3]  # first position skipped
+    assert boards[(1, 3)].max_activation == pytest.approx(float(ref.max()), rel=1e-6, abs=1e-9)
+    assert boards[(1, 3)].n_nonzero == int((ref > 0).sum())
+    v = tcs[1].W_dec[4].detach()
+    x = torch.randn(1, 1, model.cfg.d_model, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        _, c = model.run_with_cache(x, start_at_layer=model.cfg.n_layers, names_filter="ln_final.hook_scale")
+        scale = c["ln_final.hook_scale"]
+        with model.hooks(fwd_hooks=[("ln_final.hook_scale", lambda t, hook: scale)]):
+            delta = model.unembed(model.ln_final(x + v)) - model.unembed(model.ln_final(x))
+    eff = direct_logit_effects(model, tcs[1], [4])[0].double()
+    torch.testing.assert_close(eff / scale.flatten(), delta.flatten(), atol=1e-6, rtol=1e-5)
