@@ -67,6 +67,19 @@ FAMILIES: list[Family] = [
         hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=1000000.0,
         rope_local_base_freq=10000.0, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
     ), "google/gemma-3-1b-pt"),
+    # loaded through TransformerLens' own HF-config converter (not in models/hf_config.py)
+    Family("gptj", "GPTJConfig", dict(
+        n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB, rotary_dim=4,
+        activation_function="gelu_new", tie_word_embeddings=False,
+    ), "EleutherAI/gpt-j-6b"),
+    Family("mistral", "MistralConfig", dict(
+        _SMALL, num_attention_heads=8, num_key_value_heads=2, hidden_act="silu", rms_norm_eps=1e-5,
+        rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=False,
+    ), "mistralai/Mistral-7B-v0.3"),
+    Family("phi3", "Phi3Config", dict(
+        _SMALL, num_attention_heads=4, num_key_value_heads=4, hidden_act="silu", rms_norm_eps=1e-5,
+        rope_theta=10000.0, pad_token_id=0, tie_word_embeddings=False,
+    ), "microsoft/Phi-3-mini-4k-instruct"),
 ]
 
 FAMILY_NAMES = [f.name for f in FAMILIES]

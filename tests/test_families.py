@@ -54,7 +54,7 @@ def test_loaded_model_matches_hf(folders, name, monkeypatch):
     flags = weight_processing(model)
     assert flags["fold_ln"]
     # TransformerLens centres writing weights only for LayerNorm models (not RMSNorm ones)
-    assert flags["center_writing_weights"] == (name == "pythia")
+    assert flags["center_writing_weights"] == (name in ("pythia", "gptj"))
     # a soft-capped logit is not shift-invariant: the unembedding is left uncentred
     assert flags["center_unembed"] == (name != "gemma2")
 
@@ -128,18 +128,33 @@ def _default_targets(graph):
     return out
 
 
+#: family -> (parallel, norm, post-norms, final soft-cap, n_key_value_heads)
+PLANS = {
+    "pythia": (True, "LN", False, None, None),
+    "llama3": (False, "RMS", False, None, 2),
+    "qwen2": (False, "RMS", False, None, 2),
+    "qwen3": (False, "RMS", False, None, 2),
+    "gemma2": (False, "RMS", True, 30.0, 2),
+    "gemma3": (False, "RMS", True, None, 1),
+    "gptj": (True, "LN", False, None, None),
+    "mistral": (False, "RMS", False, None, 2),
+    "phi3": (False, "RMS", False, None, None),
+}
+
+
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_block_plan(folders, name):
-    plan = block_plan(model64(folders, name))
-    assert plan.parallel == (name == "pythia")
-    assert plan.ln1[0].kind == ("LN" if name == "pythia" else "RMS")
-    assert (plan.ln1_post[0] is not None) == plan.mlp_post_norm == name.startswith("gemma")
-    assert plan.logit_softcap == (30.0 if name == "gemma2" else None)
-    kv = {"pythia": None, "llama3": 2, "qwen2": 2, "qwen3": 2, "gemma2": 2, "gemma3": 1}[name]
+    model = model64(folders, name)
+    plan = block_plan(model)
+    parallel, norm, post, cap, kv = PLANS[name]
+    assert plan.parallel == parallel
+    assert plan.ln1[0].kind == norm and plan.ln_final.kind == norm
+    assert (plan.ln1_post[0] is not None) == plan.mlp_post_norm == post
+    assert plan.logit_softcap == cap
     assert plan.n_key_value_heads == kv
-    if name.startswith("gemma"):
+    assert all(h in model.hook_dict for h in plan.frozen_scale_hooks())
+    if post:
         assert plan.embed_scale == pytest.approx(64**0.5)
-        assert all(h in model64(folders, name).hook_dict for h in plan.frozen_scale_hooks())
 
 
 def test_unsupported_config_field_is_named():
