@@ -189,7 +189,3 @@ def block_plan(model: HookedTransformer) -> BlockPlan:
         embed_scale=float(cfg.d_model) ** 0.5 if arch.startswith("Gemma") else None,
     )
 
-
-def mlp_reads_block_input(model: HookedTransformer) -> bool:
-    """Whether layer L's MLP reads ``resid_pre`` (parallel blocks) rather than ``resid_mid``."""
-    return bool(model.cfg.parallel_attn_mlp)
