@@ -30,7 +30,8 @@ from torch import Tensor
 
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
-from tc_circuits.models.sites import Site, global_hook
+from tc_circuits.models.block_plan import block_plan
+from tc_circuits.models.sites import Site
 
 
 class FeatureIntervention(NamedTuple):
@@ -78,13 +79,9 @@ def intervene(
             raise ValueError(f"intervention {iv} out of range (n_pos={P}, n_latents={tc.cfg.n_latents})")
     device = next(model.parameters()).device
     toks = tokens[None].to(device)
-    frozen_names = set()
-    for L in range(model.cfg.n_layers):
-        frozen_names |= {Site(L, "attn_pattern").hook_name}
-        if model.cfg.normalization_type is not None:
-            frozen_names |= {Site(L, "ln1_scale").hook_name, Site(L, "ln2_scale").hook_name}
-    if model.cfg.normalization_type is not None:
-        frozen_names.add(global_hook("ln_final_scale"))
+    # every norm scale the block plan freezes (ln1, ln2, attention post-norms, ln_final) + patterns
+    frozen_names = set(block_plan(model).frozen_scale_hooks())
+    frozen_names |= {Site(L, "attn_pattern").hook_name for L in range(model.cfg.n_layers)}
     io_names = {Site(L, k).hook_name for L in transcoders for k in ("mlp_in", "mlp_out")}
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in frozen_names | io_names)

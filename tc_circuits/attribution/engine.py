@@ -215,7 +215,9 @@ def attribute(
     """Build the exact attribution graph of ``prompt_or_tokens``.
 
     Args:
-        model: a TransformerLens ``HookedTransformer`` (GPT-2 style, non-parallel blocks).
+        model: a TransformerLens ``HookedTransformer`` of any family its block plan covers
+            (:mod:`tc_circuits.models.block_plan`). With a final-logit soft-cap, target values
+            are the pre-cap logits (``metadata["block_plan"]["target_values"]``).
         transcoders: ``{layer: Transcoder}`` mapping ``mlp_in`` -> ``mlp_out``. Layers
             without one keep their MLP output as constant ``mlp_const`` nodes.
         prompt_or_tokens: text (tokenised by the model) or token ids.
@@ -424,6 +426,7 @@ def _metadata(model, lin, tgts, tpos, batch_size, max_feature_nodes) -> dict:
         "d_vocab": lin.d_vocab,
         "d_model": lin.d_model,
         "has_position_nodes": lin.has_pos_embed,
+        "block_plan": lin.plan.describe(),
         "uncovered_layers": [L for L in range(lin.n_layers) if L not in lin.transcoders],
         "transcoders": {
             str(L): {
