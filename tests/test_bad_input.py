@@ -585,13 +585,13 @@ def test_unknown_tokens_are_warned(run, fragment, organism):
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny, organism, monkeypatch, capsys):
-    import tc_circuits.cli.attribute as cli_attribute
+    import tc_circuits.cli.resolve as cli_resolve
     from tc_circuits.cli import build_parser, main
 
     graph_dir = _saved_graph(tmp_path, tiny)
     args = build_parser().parse_args(["view", str(graph_dir), "--out", "x.html", "--no-progress"])
-    assert args.no_progress is True
-    monkeypatch.setattr(cli_attribute, "load_model_and_transcoders", lambda kind: organism)
+    assert args.progress is False
+    monkeypatch.setattr(cli_resolve, "resolve", lambda *a, **k: (*organism, {"model": "organism", "transcoders": "shipped"}))
     cases = [
         (["attribute", "--prompt", "x", "--out", str(tmp_path / "o"), "--slug", "../../x"], "--slug '../../x' is not a safe file name"),
         (["attribute", "--prompt", _long_text(), "--out", str(tmp_path / "o2")], "longer than the model's context"),
@@ -602,7 +602,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny, organism, monkeypatch, capsys):
     for argv, fragment in cases:
         capsys.readouterr()
         assert main(argv) == 2
-        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "Moving model" not in ln]
         assert len(lines) == 1 and lines[0].startswith(f"tc-circuits {argv[0]}: error: ") and fragment in lines[0], lines
     assert not (tmp_path / "o").exists() and not list(tmp_path.parent.glob("x.neuronpedia.json"))
 

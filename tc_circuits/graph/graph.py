@@ -27,6 +27,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tc_circuits.fileio import atomic_write_many
+from tc_circuits.graph.table import feature_table
 from tc_circuits.validate import (
     ChecksumError,
     load_safetensors,
@@ -225,6 +226,10 @@ class AttributionGraph:
         idx = self.target_indices[t]
         tok = int(self.nodes.token_id[idx])
         return tok if tok >= 0 else int(self.metadata.get("d_vocab", 0)) + t
+
+    def features(self, **kwargs: Any) -> Any:
+        """The feature nodes as a pandas DataFrame, strongest first (:func:`tc_circuits.graph.table.feature_table`)."""
+        return feature_table(self, **kwargs)
 
     def node_ids(self) -> list[str]:
         return [self.node_id(i) for i in range(self.n_nodes)]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from tc_circuits.fileio import atomic_write
 from tc_circuits.graph import AttributionGraph, prune_graph
+from tc_circuits.graph.provenance import check_graph_model, check_graph_transcoders
 from tc_circuits.viz.dashboard_html import DASHBOARD_CSS, dashboard_html
 from tc_circuits.viz.dashboards import DashboardConfig, FeatureDashboard, compute_dashboards
 from tc_circuits.viz.graph_view import GraphViewConfig, graph_figure
@@ -69,7 +70,11 @@ def graph_page_html(
     title: str | None = None,
     labels: Mapping[tuple[int, int], str] | None = None,
 ) -> str:
-    """The full HTML page (a string)."""
+    """The full HTML page (a string); refuses a model or dictionaries other than the graph's."""
+    if model is not None:
+        check_graph_model(graph, model)
+    if transcoders:
+        check_graph_transcoders(graph, transcoders)
     fig = graph_figure(graph, model=model, transcoders=transcoders, dashboards=dashboards,
                        groups=groups, cfg=view_cfg, title=title, labels=labels)
     graph_div = fig.to_html(full_html=False, include_plotlyjs=True, div_id="tc-graph",
