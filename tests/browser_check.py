@@ -151,7 +151,7 @@ function run() {
 }
 window.addEventListener('load', function () {
   setTimeout(function () {
-    var pre = document.createElement('pre'); pre.id = 'tc-check';
+    var pre = document.createElement('pre'); pre.id = 'tc-check'; pre.style.display = 'none';
     pre.textContent = JSON.stringify(run());
     document.body.insertBefore(pre, document.body.firstChild);
     if (__SCROLL_TOP__) window.scrollTo(0, 0);
@@ -201,7 +201,7 @@ def check_page(page: str | Path, *, click: str | None = None, do_click: bool = T
         proc = _chromium([f"--window-size={size}", "--dump-dom", copy.resolve().as_uri()], timeout)
     dom, log = proc.stdout, proc.stderr
     errors = [line for line in log.splitlines() if "Uncaught" in line]
-    m = re.search(r'<pre id="tc-check">(.*?)</pre>', dom, re.S)
+    m = re.search(r'<pre id="tc-check"[^>]*>(.*?)</pre>', dom, re.S)
     problems = []
     if not m:
         return BrowserResult(False, ["the measuring script wrote nothing (page did not load?)"], {}, None, errors)

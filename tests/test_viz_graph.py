@@ -166,9 +166,12 @@ def _node_count(fig, visible):
 
 
 def _expected_nodes(g, t, edge_threshold):
-    """Kept nodes minus token embeddings with no edge to another kept node (computed from the tensors)."""
+    """Kept nodes minus token embeddings below the influence cut or with no edge to a kept node."""
+    from tc_circuits.graph.prune import find_threshold
+
     pr = prune_graph(g, node_threshold=t, edge_threshold=edge_threshold)
-    m = pr.node_mask
+    infl = pr.node_influence.double()
+    m = pr.node_mask & ~(g.mask_of("embedding") & (infl < find_threshold(infl, t)))
     both = m[g.edge_source] & m[g.edge_target] & (g.edge_weight != 0)
     linked = torch.zeros_like(m)
     linked[g.edge_source[both]] = True

@@ -40,6 +40,12 @@ class ViewOptions:
     """JSON file ``{supernode name: [node ids]}`` of hand-made supernodes."""
     title: str | None = None
     """Page title (default: the prompt)."""
+    labels: str | None = None
+    """JSON file ``{node id or "layer_latent": "label"}`` of feature labels (added to the graph's own)."""
+    png: str | None = None
+    """Also write a static PNG of the graph view here (needs kaleido and Chromium)."""
+    svg: str | None = None
+    """Also write a static SVG of the graph view here (needs kaleido and Chromium)."""
 
     def __post_init__(self) -> None:
         if self.model is not None and self.transcoders is None:
@@ -101,6 +107,17 @@ def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, view_cfg=None, da
     if recorded is not None and recorded != model.cfg.model_name:
         raise ValueError(f"the graph was computed on model {recorded!r}, not {model.cfg.model_name!r}")
     groups = json.loads(Path(opts.groups).read_text()) if opts.groups else None
+    if opts.labels:
+        graph.load_labels(opts.labels)
+    if opts.png or opts.svg:
+        from tc_circuits.viz.graph_view import graph_figure
+        from tc_circuits.viz.interactive import write_image
+
+        fig = graph_figure(graph, model=model, transcoders=tcs, groups=groups,
+                           cfg=view_cfg or GraphViewConfig(), title=opts.title)
+        for image, fmt in ((opts.png, "png"), (opts.svg, "svg")):
+            if image:
+                print(write_image(fig, image, fmt=fmt).resolve())
     return write_graph_page(
         out, graph, model=model, transcoders=tcs, token_source=token_source, groups=groups,
         view_cfg=view_cfg or GraphViewConfig(), dashboard_cfg=dashboard_cfg or DashboardConfig(),

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import plotly.graph_objects as go
 
 from tc_circuits.graph import AttributionGraph, prune_graph
+from tc_circuits.graph.prune import find_threshold
 from tc_circuits.viz.edge_select import RankedEdge, candidates, rank_edges, select_edges
 from tc_circuits.viz.feature_weights import promoted_tokens
 from tc_circuits.viz.labels import feature_labels, place_labels, shorten
@@ -81,6 +82,9 @@ class GraphViewConfig:
     """Longest shown label (full text in the hover)."""
     max_token_chars: int = 10
     """Longest token on the x axis (full token in the hover)."""
+    all_embeddings: bool = False
+    """Draw every token embedding (pruning keeps them all); by default only those whose
+    influence passes the node threshold (the token axis still names every position)."""
     color_by: Literal["type", "activation", "influence"] = "type"
     """Feature colour: by type, or a colour scale of activation / influence."""
     supernode_threshold: float | None = 0.9
@@ -328,6 +332,10 @@ def build_views(
     base_views, sn_views = [], []
     for t in levels:
         pr = prune_graph(graph, node_threshold=t, edge_threshold=cfg.edge_threshold)
+        if not cfg.all_embeddings:  # pruning keeps every token embedding; show the influential ones
+            infl = pr.node_influence.double()
+            weak = graph.mask_of("embedding") & (infl < find_threshold(infl, t))
+            pr = pr._replace(node_mask=pr.node_mask & ~weak)
         base = view_graph(graph, pr, all_edges=True)
         base_views.append(base)
         merged = _groups_for(base, groups, cfg.supernode_threshold)
@@ -337,6 +345,7 @@ def build_views(
     defaults = feature_labels(keys, model=model, transcoders=transcoders, dashboards=dashboards, labels=labels)
     index = {graph.node_id(i): i for i in range(graph.n_nodes)}
     full: dict[str, str] = {}
+    names: dict[str, str] = {}  # what edge hovers and the node panel call a node
     values: dict[str, float] = {}
     for v in base_views:
         for n in v.nodes:
@@ -345,10 +354,9 @@ def build_views(
             user = graph.node_label(i)
             if n.kind == "feature":
                 full[n.key] = user or defaults[(int(n.layer), n.latent)]
+                names[n.key] = f"L{int(n.layer)} #{n.latent} {full[n.key]}"
             else:
-                full[n.key] = user or n.label
-    names = {k: (f"L{k.split('_')[0]} #{k.split('_')[1]} {lab}" if k in full and k.split('_')[0].isdigit() else lab)
-             for k, lab in full.items()}
+                full[n.key] = names[n.key] = user or n.label
     pos_labels = list(position_labels) if position_labels is not None else graph.metadata.get("position_roles")
     if pos_labels is not None and len(pos_labels) != graph.n_pos:
         raise ValueError(f"{len(pos_labels)} position labels for {graph.n_pos} positions")

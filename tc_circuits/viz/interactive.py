@@ -27,10 +27,10 @@ from tc_circuits.viz.view_js import PANEL_CSS, panel_html, view_payload, view_sc
 _ids = itertools.count()
 
 
-def write_image(fig: go.Figure, path: str | Path, *, scale: float = 1.0) -> Path:
-    """PNG / SVG / PDF of ``fig`` (format from the suffix) through kaleido and the system Chromium."""
+def write_image(fig: go.Figure, path: str | Path, *, fmt: str | None = None, scale: float = 1.0) -> Path:
+    """PNG / SVG / PDF of ``fig`` (``fmt``, else from the suffix) through kaleido and the system Chromium."""
     path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("png", "svg", "pdf", "jpg", "jpeg", "webp"):
         raise ValueError(f"unknown image format {path.suffix!r} for {path} (use .png, .svg or .pdf)")
     try:
