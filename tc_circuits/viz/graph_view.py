@@ -138,6 +138,10 @@ class DrawnView:
     label_pos: list[str | None]
     hover: list[str]
     full_labels: list[str]
+    layout: Layout | None = None
+    """This view's columns and figure geometry."""
+    xaxis: dict | None = None
+    """Its token axis."""
     first_trace: int = 0
     node_traces: tuple[tuple[str, int, list[int]], ...] = ()
     """(kind, trace index, view node indices) per node trace."""
@@ -326,7 +330,7 @@ def build_views(
     labels: Mapping[tuple[int, int], str] | None = None,
     metric: Mapping[str, float] | None = None,
     position_labels: Sequence[str] | None = None,
-) -> tuple[go.Figure, list[DrawnView], Layout]:
+) -> tuple[go.Figure, list[DrawnView]]:
     """The figure and what it draws (used by :func:`graph_figure` and :func:`graph_view`)."""
     levels = sorted(set(cfg.node_thresholds))
     base_views, sn_views = [], []
@@ -363,10 +367,6 @@ def build_views(
     geo = Geometry(height=cfg.height)
     has_groups = any(v is not None for v in sn_views)
     modes = ["features", "supernodes"] if has_groups else ["features"]
-    all_views = base_views + [v for v in sn_views if v is not None]
-    lay, xaxis = build_layout(all_views, geo, cfg.max_token_chars, pos_labels)
-    ypu = y_px_per_unit(lay, geo)
-    plot_h = geo.height - geo.margin_t - lay.margin_b
     ctx = dict(graph=graph, prompt=list(graph.prompt_strings), model=model, transcoders=transcoders,
                dashboards=dashboards, value=values, names=names, metric=metric)
     drawn: list[DrawnView] = []
@@ -374,7 +374,10 @@ def build_views(
     for mode in modes:
         for li, t in enumerate(levels):
             v = base_views[li] if mode == "features" else (sn_views[li] or base_views[li])
-            d = _draw(mode, t, v, lay, geo, ypu, plot_h, cfg, full, ctx)
+            # each view gets its own columns (the slider and buttons switch the axis too)
+            lay, xaxis = build_layout([v], geo, cfg.max_token_chars, pos_labels)
+            d = _draw(mode, t, v, lay, geo, cfg, full, ctx)
+            d.layout, d.xaxis = lay, xaxis
             d.first_trace = len(fig.data)
             vnames = [names.get(n.key, n.label) for n in v.nodes]
             fig.add_traces(edge_traces(d.xy, v, d.drawn, vnames))
@@ -384,14 +387,16 @@ def build_views(
                 tr_info.append((kind, len(fig.data), idx))
                 fig.add_trace(tr)
             d.node_traces = tuple(tr_info)
+            _add_axis_hover(fig, graph, lay, pos_labels)
             drawn.append(d)
-    _add_axis_hover(fig, graph, lay, pos_labels)
     _add_overlays(fig)
-    _finish(fig, graph, drawn, modes, levels, cfg, title, lay, xaxis)
-    return fig, drawn, lay
+    _finish(fig, graph, drawn, modes, levels, cfg, title)
+    return fig, drawn
 
 
-def _draw(mode, t, v: ViewGraph, lay: Layout, geo: Geometry, ypu, plot_h, cfg, full, ctx) -> DrawnView:
+def _draw(mode, t, v: ViewGraph, lay: Layout, geo: Geometry, cfg, full, ctx) -> DrawnView:
+    ypu = y_px_per_unit(lay, geo)
+    plot_h = geo.height - geo.margin_t - lay.margin_b
     xy = layout_positions(v, lay.column_x, geo)
     ranked = rank_edges(v)
     k_max = max(max(cfg.edge_options), cfg.edges_per_node)
@@ -437,14 +442,22 @@ def _add_overlays(fig: go.Figure) -> None:
                              hovertemplate="%{hovertext}<extra></extra>"))
 
 
-def _finish(fig, graph, drawn: list[DrawnView], modes, levels, cfg, title, lay: Layout, xaxis) -> None:
+def _layout_args(d: DrawnView) -> dict:
+    """Layout properties that follow the view (its columns, axis and width)."""
+    args = {f"xaxis.{k}": v for k, v in d.xaxis.items() if k in ("tickvals", "ticktext", "tickangle", "range")}
+    args.update({"width": d.layout.width, "margin.b": d.layout.margin_b})
+    return args
+
+
+def _finish(fig, graph, drawn: list[DrawnView], modes, levels, cfg, title) -> None:
     n_tr = len(fig.data)
-    always = set(range(n_tr - 4, n_tr))  # the axis hover and the overlays
+    always = set(range(n_tr - 3, n_tr))  # the overlays
     span = {}
     for i, d in enumerate(drawn):
-        end = drawn[i + 1].first_trace if i + 1 < len(drawn) else n_tr - 4
+        end = drawn[i + 1].first_trace if i + 1 < len(drawn) else n_tr - 3
         span[(d.mode, d.threshold)] = (range(d.first_trace, end), d)
     default = cfg.default_threshold
+    first = span[("features", default)][1]
 
     def visible(mode, t):
         on = span[(mode, t)][0]
@@ -452,10 +465,11 @@ def _finish(fig, graph, drawn: list[DrawnView], modes, levels, cfg, title, lay: 
 
     def slider(mode):
         steps = [dict(method="update", label=f"{t:g}",
-                      args=[{"visible": visible(mode, t)}, {"title.text": _title(graph, title, t, span[(mode, t)][1])}])
+                      args=[{"visible": visible(mode, t)},
+                            {"title.text": _title(graph, title, t, span[(mode, t)][1]), **_layout_args(span[(mode, t)][1])}])
                  for t in levels]
         return dict(active=levels.index(default), steps=steps, currentvalue=dict(prefix="node threshold: "),
-                    pad=dict(t=0, b=10), x=0.0, len=min(0.5, 420 / lay.width), y=1.0, yanchor="bottom")
+                    pad=dict(t=0, b=10), x=0.0, len=min(0.5, 420 / first.layout.width), y=1.0, yanchor="bottom")
 
     for i, tr in enumerate(fig.data):
         tr.visible = i in span[("features", default)][0] or i in always
@@ -464,18 +478,19 @@ def _finish(fig, graph, drawn: list[DrawnView], modes, levels, cfg, title, lay: 
     geo = Geometry(height=cfg.height)
     fig.update_layout(
         title=dict(text=_title(graph, title, default, span[("features", default)][1]), x=0.01, y=1.0, yanchor="top", pad=dict(t=10)),
-        sliders=[slider("features")], width=lay.width, height=cfg.height, autosize=False,
+        sliders=[slider("features")], width=first.layout.width, height=cfg.height, autosize=False,
         template="plotly_white", hovermode="closest", hoverlabel=dict(align="left"), showlegend=False,
-        margin=dict(l=geo.margin_l, r=geo.margin_r, t=geo.margin_t, b=lay.margin_b),
-        xaxis=xaxis, dragmode="pan",
+        margin=dict(l=geo.margin_l, r=geo.margin_r, t=geo.margin_t, b=first.layout.margin_b),
+        xaxis=first.xaxis, dragmode="pan",
         yaxis=dict(tickmode="array", tickvals=list(range(n_layers + 2)), ticktext=yt,
-                   range=list(lay.y_range), showgrid=True, zeroline=False, fixedrange=False),
+                   range=list(first.layout.y_range), showgrid=True, zeroline=False, fixedrange=False),
     )
     if len(modes) > 1:
         buttons = [
             dict(method="update", label=mode,
                  args=[{"visible": visible(mode, default)},
-                       {"sliders": [slider(mode)], "title.text": _title(graph, title, default, span[(mode, default)][1])}])
+                       {"sliders": [slider(mode)], "title.text": _title(graph, title, default, span[(mode, default)][1]),
+                        **_layout_args(span[(mode, default)][1])}])
             for mode in modes
         ]
         fig.update_layout(updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, y=1.0,

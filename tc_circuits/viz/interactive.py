@@ -39,7 +39,10 @@ def write_image(fig: go.Figure, path: str | Path, *, fmt: str | None = None, sca
         raise ImportError("static images need kaleido >= 1: pip install 'tc-circuits[images]' "
                           "(it uses the system Chromium: apt-get install chromium)") from err
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_image(str(path), format=fmt, scale=scale)
+    try:
+        fig.write_image(str(path), format=fmt, scale=scale)
+    except Exception:  # noqa: BLE001 - one retry: a fresh Chromium start can time out on a busy machine
+        fig.write_image(str(path), format=fmt, scale=scale)
     return path
 
 
@@ -118,7 +121,7 @@ def graph_view(graph: AttributionGraph, *, cfg: GraphViewConfig = GraphViewConfi
     In Jupyter just end a cell with it; ``.write_html(path)`` writes a standalone offline
     page, ``.write_image("g.png" / "g.svg")`` a static image, ``.figure`` is the plotly figure.
     """
-    fig, drawn, _ = build_views(graph, cfg=cfg, **kwargs)
+    fig, drawn = build_views(graph, cfg=cfg, **kwargs)
     return GraphView(graph, fig, drawn, cfg, static_image)
 
 
