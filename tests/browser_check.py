@@ -145,6 +145,13 @@ function run() {
       key = best >= 0 ? v.nodes[best].k : null;
     }
     if (key && __DO_CLICK__) res.click = click(gd, key);
+    if (__SETK__ > 0 && api) {  // the edges-per-node control: redraw, then count the drawn edges
+      api.setK(__SETK__);
+      var n = 0;
+      gd.data.forEach(function (tr) { if (tr.visible !== false && tr.name === 'edge lines') n += tr.x.filter(function (x) { return x === null; }).length; });
+      res.k_edges = n;
+      res.k_nodes_without_edge = measure(gd).nodes_without_edge.length;
+    }
     if (__PIN__ && api && key) { api.state.pinned = [key].concat(api.state.up.slice(0, 3)); api.showPinned(); res.pinned = api.state.highlighted.slice(); }
   } catch (e) { res.errors.push('measure: ' + e); }
   return res;
@@ -163,11 +170,11 @@ window.addEventListener('load', function () {
 
 
 def instrumented(page: str | Path, out: str | Path, *, click: str | None = None, do_click: bool = True,
-                 pin: bool = False) -> Path:
+                 pin: bool = False, set_k: int = 0) -> Path:
     """A copy of ``page`` with the error catcher and the measuring script added."""
     text = Path(page).read_text(encoding="utf-8")
     js = (MEASURE_JS.replace("__CLICK__", json.dumps(click)).replace("__DO_CLICK__", "true" if do_click else "false")
-          .replace("__PIN__", "true" if pin else "false").replace("__SCROLL_TOP__", "true"))
+          .replace("__PIN__", "true" if pin else "false").replace("__SETK__", str(int(set_k))).replace("__SCROLL_TOP__", "true"))
     text = text.replace("<head>", "<head>" + ERRORS_JS, 1)
     text = text.replace("</body>", js + "</body>", 1) if "</body>" in text else text + js
     out = Path(out)
@@ -190,14 +197,18 @@ class BrowserResult(NamedTuple):
     """JavaScript errors (window.onerror and Chromium's log)."""
     pinned: list[str] | None = None
     """Keys drawn in the pinned-subgraph view (when asked)."""
+    k_edges: int | None = None
+    """Edges drawn after setting the edges-per-node control to ``set_k`` (when asked)."""
+    k_nodes_without_edge: int | None = None
+    """Nodes without a drawn edge after that."""
 
 
 def check_page(page: str | Path, *, click: str | None = None, do_click: bool = True, pin: bool = False,
-               size: str = "2600,1400", timeout: float = 120.0) -> BrowserResult:
+               set_k: int = 0, size: str = "2600,1400", timeout: float = 120.0) -> BrowserResult:
     """Open an instrumented copy of ``page`` in headless Chromium and return the measurements."""
     page = Path(page)
     with tempfile.TemporaryDirectory() as tmp:
-        copy = instrumented(page, Path(tmp) / page.name, click=click, do_click=do_click, pin=pin)
+        copy = instrumented(page, Path(tmp) / page.name, click=click, do_click=do_click, pin=pin, set_k=set_k)
         proc = _chromium([f"--window-size={size}", "--dump-dom", copy.resolve().as_uri()], timeout)
     dom, log = proc.stdout, proc.stderr
     errors = [line for line in log.splitlines() if "Uncaught" in line]
@@ -214,7 +225,8 @@ def check_page(page: str | Path, *, click: str | None = None, do_click: bool = T
         problems.append(f"JavaScript errors: {errors[:3]}")
     if 'class="scatterlayer' not in dom:
         problems.append("no plotly scatterlayer in the DOM (the graph did not render)")
-    return BrowserResult(not problems, problems, measure, res.get("click"), errors, res.get("pinned"))
+    return BrowserResult(not problems, problems, measure, res.get("click"), errors, res.get("pinned"), res.get("k_edges"),
+                         res.get("k_nodes_without_edge"))
 
 
 def screenshot(page: str | Path, out: str | Path, *, size: str = "1500,1100", click: str | None = None,

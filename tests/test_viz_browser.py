@@ -124,15 +124,21 @@ def test_organism_views_measured_in_chromium(organism, which, tmp_path):
         screenshot(page, out / f"{which}-click.png", size=size, do_click=True, click=key)
 
 
-def test_pinned_subgraph_shows_only_pinned_nodes(organism, tmp_path):
+def test_pinned_subgraph_and_edges_per_node_control(organism, tmp_path):
     from tc_circuits.viz import GraphViewConfig, graph_view
 
     graph, _ = _graph(organism, "greater_than")
     cfg = GraphViewConfig(node_thresholds=(0.8,), supernode_threshold=None)
     view = graph_view(graph, cfg=cfg, static_image=False)
     page = view.write_html(tmp_path / "pin.html")
-    result = check_page(page, pin=True, size=f"{int(view.figure.layout.width) + 400},1300")
+    result = check_page(page, pin=True, set_k=1, size=f"{int(view.figure.layout.width) + 400},1300")
     assert result.ok, result.problems
     c = result.click
     pinned = [c["selected"]] + c["up"][:3]
     assert sorted(result.pinned) == sorted(pinned)
+    # the edges-per-node control applies the same rule as Python's select_edges
+    from tc_circuits.viz.edge_select import select_edges
+
+    d = view.drawn[0]
+    assert result.k_edges == len(select_edges(d.view, d.ranked, 1, cfg.target_inputs)) < len(d.drawn)
+    assert result.k_nodes_without_edge == 0

@@ -477,7 +477,7 @@ def _finish(fig, graph, drawn: list[DrawnView], modes, levels, cfg, title) -> No
     yt = ["inputs"] + [f"layer {L}" for L in range(n_layers)] + ["targets"]
     geo = Geometry(height=cfg.height)
     fig.update_layout(
-        title=dict(text=_title(graph, title, default, span[("features", default)][1]), x=0.01, y=1.0, yanchor="top", pad=dict(t=10)),
+        title=dict(text=_title(graph, title, default, span[("features", default)][1]), x=0.01, y=0.985, yanchor="top"),
         sliders=[slider("features")], width=first.layout.width, height=cfg.height, autosize=False,
         template="plotly_white", hovermode="closest", hoverlabel=dict(align="left"), showlegend=False,
         margin=dict(l=geo.margin_l, r=geo.margin_r, t=geo.margin_t, b=first.layout.margin_b),
