@@ -292,8 +292,10 @@ def test_prompt_set_view_names_positions_by_role_and_static_fallback():
 
     g = hand_graph()
     cfg = GraphViewConfig(node_thresholds=(1.0,), default_threshold=1.0, supernode_threshold=None)
-    with pytest.raises(ValueError, match="position roles"):
-        prompt_set_view(g, cfg=cfg)
+    from tc_circuits.viz.layout import short_token
+
+    plain = prompt_set_view(g, cfg=cfg, static_image=False)  # an aggregated graph's prompt_strings are its roles
+    assert list(plain.figure.layout.xaxis.ticktext) == ["bias"] + [short_token(s, 10) for s in g.prompt_strings]
     with pytest.raises(ValueError, match="2 roles"):
         prompt_set_view(g, roles=["a", "b"], cfg=cfg)
     g.metadata["position_roles"] = ["first", "noun", "last token"]

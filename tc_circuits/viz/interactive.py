@@ -129,13 +129,13 @@ def prompt_set_view(graph: AttributionGraph, *, roles=None, **kwargs) -> GraphVi
     """The view of a graph aggregated over a task's prompts, positions named by role.
 
     ``graph`` is any :class:`AttributionGraph` whose positions stand for roles (e.g. "start
-    year", "last token"): the roles come from ``roles`` or ``graph.metadata["position_roles"]``
-    and name the columns instead of the tokens.
+    year", "last token"). The column names are ``roles`` if given, else
+    ``graph.metadata["position_roles"]``, else ``graph.prompt_strings`` (an aggregated
+    prompt-set graph carries its role labels there).
     """
-    roles = list(roles) if roles is not None else graph.metadata.get("position_roles")
     if roles is None:
-        raise ValueError("a prompt-set view needs position roles: pass roles=[...] or set "
-                         "graph.metadata['position_roles']")
+        roles = graph.metadata.get("position_roles") or graph.prompt_strings
+    roles = [str(r) for r in roles]
     if len(roles) != graph.n_pos:
         raise ValueError(f"{len(roles)} roles for a graph with {graph.n_pos} positions")
     return graph_view(graph, position_labels=roles, **kwargs)
