@@ -134,6 +134,7 @@ function run() {
   var res = {errors: window.__tcErrors || []};
   if (!gd) { res.errors.push('no plotly div'); return res; }
   try {
+    res.button = window.__tcButton || null;
     res.measure = measure(gd);
     var api = window.tcView && window.tcView[gd.id];
     var key = __CLICK__;
@@ -156,13 +157,21 @@ function run() {
   } catch (e) { res.errors.push('measure: ' + e); }
   return res;
 }
+function pressButton() {  // press a button of the figure (features / supernodes) like a person
+  var gd = document.querySelector('.js-plotly-plot');
+  var btn = gd && gd.querySelectorAll('.updatemenu-button')[__BUTTON__];
+  if (!btn) { (window.__tcErrors = window.__tcErrors || []).push('no button ' + __BUTTON__); return; }
+  ['mousedown', 'mouseup', 'click'].forEach(function (type) { btn.dispatchEvent(new MouseEvent(type, {bubbles: true, view: window})); });
+  window.__tcButton = btn.textContent;
+}
 window.addEventListener('load', function () {
+  if (__BUTTON__ >= 0) setTimeout(pressButton, 400);
   setTimeout(function () {
     var pre = document.createElement('pre'); pre.id = 'tc-check'; pre.style.display = 'none';
     pre.textContent = JSON.stringify(run());
     document.body.insertBefore(pre, document.body.firstChild);
     if (__SCROLL_TOP__) window.scrollTo(0, 0);
-  }, 800);
+  }, __BUTTON__ >= 0 ? 1600 : 800);
 });
 })();
 </script>
@@ -170,11 +179,11 @@ window.addEventListener('load', function () {
 
 
 def instrumented(page: str | Path, out: str | Path, *, click: str | None = None, do_click: bool = True,
-                 pin: bool = False, set_k: int = 0) -> Path:
+                 pin: bool = False, set_k: int = 0, button: int = -1) -> Path:
     """A copy of ``page`` with the error catcher and the measuring script added."""
     text = Path(page).read_text(encoding="utf-8")
     js = (MEASURE_JS.replace("__CLICK__", json.dumps(click)).replace("__DO_CLICK__", "true" if do_click else "false")
-          .replace("__PIN__", "true" if pin else "false").replace("__SETK__", str(int(set_k))).replace("__SCROLL_TOP__", "true"))
+          .replace("__PIN__", "true" if pin else "false").replace("__SETK__", str(int(set_k))).replace("__BUTTON__", str(int(button))).replace("__SCROLL_TOP__", "true"))
     text = text.replace("<head>", "<head>" + ERRORS_JS, 1)
     text = text.replace("</body>", js + "</body>", 1) if "</body>" in text else text + js
     out = Path(out)
@@ -201,14 +210,16 @@ class BrowserResult(NamedTuple):
     """Edges drawn after setting the edges-per-node control to ``set_k`` (when asked)."""
     k_nodes_without_edge: int | None = None
     """Nodes without a drawn edge after that."""
+    button: str | None = None
+    """Text of the figure button pressed before measuring (when asked)."""
 
 
 def check_page(page: str | Path, *, click: str | None = None, do_click: bool = True, pin: bool = False,
-               set_k: int = 0, size: str = "2600,1400", timeout: float = 120.0) -> BrowserResult:
+               set_k: int = 0, button: int = -1, size: str = "2600,1400", timeout: float = 120.0) -> BrowserResult:
     """Open an instrumented copy of ``page`` in headless Chromium and return the measurements."""
     page = Path(page)
     with tempfile.TemporaryDirectory() as tmp:
-        copy = instrumented(page, Path(tmp) / page.name, click=click, do_click=do_click, pin=pin, set_k=set_k)
+        copy = instrumented(page, Path(tmp) / page.name, click=click, do_click=do_click, pin=pin, set_k=set_k, button=button)
         proc = _chromium([f"--window-size={size}", "--dump-dom", copy.resolve().as_uri()], timeout)
     dom, log = proc.stdout, proc.stderr
     errors = [line for line in log.splitlines() if "Uncaught" in line]
@@ -226,16 +237,16 @@ def check_page(page: str | Path, *, click: str | None = None, do_click: bool = T
     if 'class="scatterlayer' not in dom:
         problems.append("no plotly scatterlayer in the DOM (the graph did not render)")
     return BrowserResult(not problems, problems, measure, res.get("click"), errors, res.get("pinned"), res.get("k_edges"),
-                         res.get("k_nodes_without_edge"))
+                         res.get("k_nodes_without_edge"), res.get("button"))
 
 
 def screenshot(page: str | Path, out: str | Path, *, size: str = "1500,1100", click: str | None = None,
-               do_click: bool = False, pin: bool = False, timeout: float = 120.0) -> Path:
+               do_click: bool = False, pin: bool = False, button: int = -1, timeout: float = 120.0) -> Path:
     """PNG screenshot of the page's first screen (optionally after the click / pinning)."""
     out = Path(out).resolve()
     page = Path(page)
     with tempfile.TemporaryDirectory() as tmp:
-        copy = instrumented(page, Path(tmp) / page.name, click=click, do_click=do_click, pin=pin)
+        copy = instrumented(page, Path(tmp) / page.name, click=click, do_click=do_click, pin=pin, button=button)
         _chromium([f"--screenshot={out}", f"--window-size={size}", copy.resolve().as_uri()], timeout)
     if not out.is_file():
         raise RuntimeError(f"chromium wrote no screenshot to {out}")

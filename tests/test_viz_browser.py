@@ -142,3 +142,32 @@ def test_pinned_subgraph_and_edges_per_node_control(organism, tmp_path):
     d = view.drawn[0]
     assert result.k_edges == len(select_edges(d.view, d.ranked, 1, cfg.target_inputs)) < len(d.drawn)
     assert result.k_nodes_without_edge == 0
+
+
+def test_supernode_view_measured_after_pressing_its_button(organism, tmp_path):
+    from tc_circuits.viz import GraphViewConfig, graph_view
+
+    model, tcs = organism
+    graph, metric = _graph(organism, "greater_than")
+    view = graph_view(graph, model=model, transcoders=tcs, cfg=GraphViewConfig(node_thresholds=(0.8,)),
+                      metric=metric, static_image=False)
+    d = next(d for d in view.drawn if d.mode == "supernodes")
+    assert any(n.kind == "supernode" for n in d.view.nodes)
+    page = view.write_html(tmp_path / "sn.html")
+    has_in, has_out = {e.target for e in d.drawn}, {e.source for e in d.drawn}
+    click = max((i for i, n in enumerate(d.view.nodes) if n.kind == "supernode" and i in has_in and i in has_out),
+                key=lambda i: d.view.nodes[i].influence)
+    size = f"{int(d.layout.width) + 400},1300"
+    result = check_page(page, button=1, click=d.view.nodes[click].key, size=size)
+    assert result.ok, result.problems
+    assert result.button == "supernodes"
+    m = result.measure
+    assert m["n_nodes"] == len(d.view.nodes)
+    assert m["label_overlaps"] == 0 and m["nodes_without_edge"] == [] and m["targets_without_input"] == []
+    want = {d.view.nodes[i].key for i in _closure(d.drawn, click, True) | _closure(d.drawn, click, False) | {click}}
+    assert set(result.click["highlighted"]) == want
+    if os.environ.get("TC_SCREENSHOTS", "1") != "0":
+        out = Path("out/browser_check")
+        out.mkdir(parents=True, exist_ok=True)
+        screenshot(page, out / "supernodes-click.png", size=f"{int(d.layout.width) + 340},1000", button=1,
+                   do_click=True, click=d.view.nodes[click].key)

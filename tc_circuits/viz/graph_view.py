@@ -140,6 +140,8 @@ class DrawnView:
     full_labels: list[str]
     layout: Layout | None = None
     """This view's columns and figure geometry."""
+    hover_xy: list[tuple[float, float]] | None = None
+    """Edge-hover marker of each candidate edge (aligned with ``ranked``)."""
     xaxis: dict | None = None
     """Its token axis."""
     first_trace: int = 0
@@ -223,8 +225,26 @@ def node_sizes(view: ViewGraph) -> list[float]:
     return out
 
 
-def edge_traces(xy, view: ViewGraph, edges: Sequence[RankedEdge], names: list[str]) -> list[go.Scatter]:
-    """``2 x len(BANDS)`` line traces (by sign and width band) and one midpoint-hover trace."""
+def hover_points(xy, edges: Sequence[RankedEdge], ypu: float = 100.0, clear_px: float = 14.0) -> list[tuple[float, float]]:
+    """Where each edge's hover marker sits: its midpoint, or the nearest point along it (35%,
+    65%, 25%, 75%, ...) at least ``clear_px`` from every node, so clicks on a node hit the node."""
+    nodes_px = [(x, y * ypu) for x, y in xy]
+    out = []
+    for e in edges:
+        (x0, y0), (x1, y1) = xy[e.source], xy[e.target]
+        best = None
+        for f in (0.5, 0.35, 0.65, 0.25, 0.75, 0.15, 0.85):
+            x, y = x0 + f * (x1 - x0), y0 + f * (y1 - y0)
+            if all((x - nx) ** 2 + (y * ypu - ny) ** 2 >= clear_px ** 2 for nx, ny in nodes_px):
+                best = (x, y)
+                break
+        out.append(best or (x0 + 0.5 * (x1 - x0), y0 + 0.5 * (y1 - y0)))
+    return out
+
+
+def edge_traces(xy, view: ViewGraph, edges: Sequence[RankedEdge], names: list[str],
+                hover_xy: Sequence[tuple[float, float]] | None = None) -> list[go.Scatter]:
+    """``2 x len(BANDS)`` line traces (by sign and width band) and one edge-hover trace."""
     wmax = max((abs(e.weight) for e in edges), default=1.0) or 1.0
     traces = []
     for sign, rgb in ((1, POS_COLOR), (-1, NEG_COLOR)):
@@ -239,9 +259,9 @@ def edge_traces(xy, view: ViewGraph, edges: Sequence[RankedEdge], names: list[st
                     ys += [y0, y1, None]
             traces.append(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                      name="edge lines", line=dict(color=f"rgba({rgb},{alpha})", width=width)))
+    hover_xy = hover_xy if hover_xy is not None else hover_points(xy, edges)
     traces.append(go.Scatter(
-        x=[(xy[e.source][0] + xy[e.target][0]) / 2 for e in edges],
-        y=[(xy[e.source][1] + xy[e.target][1]) / 2 for e in edges],
+        x=[p[0] for p in hover_xy], y=[p[1] for p in hover_xy],
         mode="markers", marker=dict(size=7, color="rgba(0,0,0,0.01)"), showlegend=False, name="edges",
         hovertemplate="%{text}<extra></extra>",
         text=[f"{names[e.source]} → {names[e.target]}<br>weight {e.weight:+.4g}" for e in edges],
@@ -380,7 +400,9 @@ def build_views(
             d.layout, d.xaxis = lay, xaxis
             d.first_trace = len(fig.data)
             vnames = [names.get(n.key, n.label) for n in v.nodes]
-            fig.add_traces(edge_traces(d.xy, v, d.drawn, vnames))
+            d.hover_xy = hover_points(d.xy, d.ranked, y_px_per_unit(lay, geo))
+            where = {(e.source, e.target): p for e, p in zip(d.ranked, d.hover_xy)}
+            fig.add_traces(edge_traces(d.xy, v, d.drawn, vnames, [where[(e.source, e.target)] for e in d.drawn]))
             short = [shorten(f, cfg.label_chars) for f in d.full_labels]
             tr_info = []
             for kind, idx, tr in node_traces(d, cfg, short):

@@ -3,7 +3,7 @@
 The figure (:mod:`tc_circuits.viz.graph_view`) carries one set of traces per view (node
 threshold x features / supernodes). :func:`view_payload` describes each view for the script:
 its trace indices, nodes (key, kind, coordinates, size, colour, labels, numbers, dashboard
-anchor) and candidate edges ``[source, target, weight, rank_out, rank_in]``.
+anchor) and candidate edges ``[source, target, weight, rank_out, rank_in, hover x, hover y]``.
 
 The script (:data:`VIEW_JS`), run after plotly has drawn the figure:
 
@@ -56,7 +56,8 @@ def view_payload(drawn: list[DrawnView], cfg: GraphViewConfig, n_traces: int,
             mode=d.mode, threshold=d.threshold, first=d.first_trace, nodes=nodes,
             edgeTraces=list(range(d.first_trace, d.first_trace + 2 * len(BANDS) + 1)),
             nodeTraces=[tr for _k, tr, _i in d.node_traces],
-            edges=[[e.source, e.target, e.weight, e.rank_out, e.rank_in] for e in d.ranked],
+            edges=[[e.source, e.target, e.weight, e.rank_out, e.rank_in, hx, hy]
+                   for e, (hx, hy) in zip(d.ranked, d.hover_xy or [(0.0, 0.0)] * len(d.ranked))],
         ))
     return dict(views=views, k=cfg.edges_per_node, kOptions=sorted(set(cfg.edge_options) | {cfg.edges_per_node}),
                 targetInputs=cfg.target_inputs, bands=[list(b) for b in BANDS], pos=POS_COLOR, neg=NEG_COLOR,
@@ -127,7 +128,7 @@ function redrawEdges(vi) {
     var b = 0; P.bands.forEach(function (band, j) { if (r >= band[0] && r < band[1]) b = j; });
     var t = (e[2] >= 0 ? 0 : P.bands.length) + b;
     xs[t].push(s.x, d.x, null); ys[t].push(s.y, d.y, null);
-    hx.push((s.x + d.x) / 2); hy.push((s.y + d.y) / 2);
+    hx.push(e[5]); hy.push(e[6]);
     ht.push(s.label + ' → ' + d.label + '<br>weight ' + e[2].toPrecision(4));
   });
   xs.push(hx); ys.push(hy);
