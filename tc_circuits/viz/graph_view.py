@@ -202,7 +202,8 @@ def _hover(node, full_label, ctx, cfg) -> str:
         tok = ctx["prompt"][node.pos] if 0 <= node.pos < len(ctx["prompt"]) else ""
         return (f"<b>Supernode {node.label!r}</b>: {supernode_summary(node)}<br>at position {node.pos} ({tok!r})"
                 f"<br>summed influence {node.influence:.3g}, summed activation {node.activation:.3g}"
-                "<br>members: " + ", ".join(names[:12]) + (" …" if len(names) > 12 else ""))
+                "<br>members: " + "<br>".join(", ".join(names[j:j + 3]) for j in range(0, min(len(names), 12), 3))
+                + (" …" if len(names) > 12 else ""))
     head = f"<b>{node.label}</b> ({node.kind})"
     extra = f"<br>position {node.pos}" if node.pos >= 0 else ""
     return head + extra + f"<br>influence {node.influence:.3g}<br>id {node.key}"
