@@ -36,11 +36,10 @@ import plotly.graph_objects as go
 from tc_circuits.graph import AttributionGraph, prune_graph
 from tc_circuits.graph.prune import find_threshold
 from tc_circuits.viz.edge_select import RankedEdge, candidates, rank_edges, select_edges
-from tc_circuits.viz.feature_weights import promoted_tokens
 from tc_circuits.viz.labels import feature_labels, place_labels, shorten
 from tc_circuits.viz.layout import Geometry, Layout, build_layout, layout_positions, short_token, y_px_per_unit
 from tc_circuits.viz.supernodes import ViewGraph, auto_supernodes, group_nodes, view_graph
-from tc_circuits.viz.target_info import target_hover
+from tc_circuits.viz.hover import node_hover
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -147,66 +146,6 @@ class DrawnView:
     first_trace: int = 0
     node_traces: tuple[tuple[str, int, list[int]], ...] = ()
     """(kind, trace index, view node indices) per node trace."""
-
-
-# ---------------------------------------------------------------------------- hover texts
-
-def _feature_hover(node, full_label, ctx, cfg: GraphViewConfig) -> str:
-    prompt = ctx["prompt"]
-    tok = prompt[node.pos] if 0 <= node.pos < len(prompt) else ""
-    lines = [f"<b>{full_label}</b>", f"Feature L{int(node.layer)} #{node.latent} at position {node.pos} ({tok!r})",
-             f"activation {node.activation:.3f}, pre-activation {ctx['value'].get(node.key, float('nan')):.3f}",
-             f"influence {node.influence:.3g}"]
-    key = (int(node.layer), node.latent)
-    board = ctx["dashboards"].get(key) if ctx["dashboards"] else None
-    promoted = board.promoted if board else None
-    model, tcs = ctx["model"], ctx["transcoders"]
-    if promoted is None and model is not None and tcs and key[0] in tcs:
-        promoted = promoted_tokens(model, tcs[key[0]], node.latent, cfg.n_hover_tokens)[0]
-    if promoted:
-        lines.append("promotes: " + ", ".join(repr(t.string) for t in promoted[: cfg.n_hover_tokens]))
-    if board:
-        for ex in board.top_examples[: cfg.n_hover_contexts]:
-            text = "".join(f"[{t}]" if j == ex.highlight else t for j, t in enumerate(ex.tokens))
-            lines.append(f"{ex.activation:.2f}: {text!r}")
-    return "<br>".join(lines)
-
-
-def supernode_summary(node) -> str:
-    """What a supernode holds, e.g. ``"4 features (L1 x3, L2 x1), 1 error"``."""
-    kinds: dict[str, int] = {}
-    for k in node.member_kinds:
-        kinds[k] = kinds.get(k, 0) + 1
-    parts = []
-    for k, c in sorted(kinds.items(), key=lambda kc: (kc[0] != "feature", kc[0])):
-        name = {"feature": "feature", "error": "error node", "mlp_const": "MLP constant",
-                "embedding": "embedding", "position": "position"}.get(k, k)
-        text = f"{c} {name}{'s' if c != 1 else ''}"
-        if k == "feature":
-            layers: dict[int, int] = {}
-            for kk, L in zip(node.member_kinds, node.member_layers):
-                if kk == "feature":
-                    layers[L] = layers.get(L, 0) + 1
-            text += " (" + ", ".join(f"L{L} ×{n}" for L, n in sorted(layers.items())) + ")"
-        parts.append(text)
-    return ", ".join(parts)
-
-
-def _hover(node, full_label, ctx, cfg) -> str:
-    if node.kind == "feature":
-        return _feature_hover(node, full_label, ctx, cfg)
-    if node.kind == "target":
-        return target_hover(ctx["graph"], node.key, ctx["metric"])
-    if node.kind == "supernode":
-        names = [ctx["names"].get(m, m) for m in node.members]
-        tok = ctx["prompt"][node.pos] if 0 <= node.pos < len(ctx["prompt"]) else ""
-        return (f"<b>Supernode {node.label!r}</b>: {supernode_summary(node)}<br>at position {node.pos} ({tok!r})"
-                f"<br>summed influence {node.influence:.3g}, summed activation {node.activation:.3g}"
-                "<br>members: " + "<br>".join(", ".join(names[j:j + 3]) for j in range(0, min(len(names), 12), 3))
-                + (" …" if len(names) > 12 else ""))
-    head = f"<b>{node.label}</b> ({node.kind})"
-    extra = f"<br>position {node.pos}" if node.pos >= 0 else ""
-    return head + extra + f"<br>influence {node.influence:.3g}<br>id {node.key}"
 
 
 # ---------------------------------------------------------------------------- traces
@@ -435,7 +374,7 @@ def _draw(mode, t, v: ViewGraph, lay: Layout, geo: Geometry, cfg, full, ctx) -> 
     plot_w = lay.x_range[1] - lay.x_range[0]
     label_pos = place_labels(px, [s / 2 for s in sizes], texts, pri, cfg.max_labels, forced,
                              bounds=(0.0, -geo.margin_t + 30.0, float(plot_w), float(plot_h)))
-    hover = [_hover(n, f, ctx, cfg) for n, f in zip(v.nodes, full_labels)]
+    hover = [node_hover(n, f, ctx, cfg.n_hover_tokens, cfg.n_hover_contexts) for n, f in zip(v.nodes, full_labels)]
     return DrawnView(mode, t, v, xy, ranked, drawn, sizes, label_pos, hover, full_labels)
 
 
