@@ -98,7 +98,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), model_opts=None, *, progress: bool 
     print(f"== 3. attribution graph of {cfg.prompt!r}")
     one = prompt_task(model.tokenizer, cfg.prompt, d_vocab=model.cfg.d_vocab)
     yy = int(one.yy[0])
-    target = direction_target(one.direction()[0], label=f"P(YY>{yy:02d}) - P(YY<={yy:02d})")
+    metric_name = f"P(YY>{yy:02d}) - P(YY<={yy:02d})"
+    target = direction_target(one.direction()[0], label=metric_name)
     graph = attribute(model, tcs, cfg.prompt, targets=[target], progress=progress)
     graph.metadata["sources"] = sources
     err = graph.exactness_error()
@@ -133,6 +134,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), model_opts=None, *, progress: bool 
         out / "greater_than.html", graph, model=model, transcoders=tcs,
         token_source=organism_token_source(777, 32, 64, tokenizer=model.tokenizer),
         title=f"Greater-than circuit: {cfg.prompt!r}", progress=progress,
+        metric={f"{metric_name} (model, this prompt)": one.metric(model(one.tokens))},
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     print(f"   graph: {graph_dir}")

@@ -39,6 +39,12 @@ class ViewOptions:
     """Page title (default: the prompt)."""
     progress: bool = True
     """Show a progress bar while the dashboards scan the corpus."""
+    labels: str | None = None
+    """JSON file ``{node id or "layer_latent": "label"}`` of feature labels (added to the graph's own)."""
+    png: str | None = None
+    """Also write a static PNG of the graph view here (needs kaleido and Chromium)."""
+    svg: str | None = None
+    """Also write a static SVG of the graph view here (needs kaleido and Chromium)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.seq_len < 2:
@@ -89,6 +95,17 @@ def view(graph_dir, out, opts: ViewOptions = ViewOptions(), *, model_opts: Model
 
         token_source = organism_token_source(opts.corpus_seed, opts.batch_size, opts.seq_len)
     groups = json.loads(Path(opts.groups).read_text()) if opts.groups else None
+    if opts.labels:
+        graph.load_labels(opts.labels)
+    if opts.png or opts.svg:
+        from tc_circuits.viz.graph_view import graph_figure
+        from tc_circuits.viz.interactive import write_image
+
+        fig = graph_figure(graph, model=model, transcoders=tcs, groups=groups,
+                           cfg=view_cfg or GraphViewConfig(), title=opts.title)
+        for image, fmt in ((opts.png, "png"), (opts.svg, "svg")):
+            if image:
+                print(write_image(fig, image, fmt=fmt).resolve())
     return write_graph_page(
         out, graph, model=model, transcoders=tcs, token_source=token_source, groups=groups,
         view_cfg=view_cfg or GraphViewConfig(), dashboard_cfg=dashboard_cfg or DashboardConfig(),
