@@ -837,7 +837,11 @@ PAYLOADS = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "</
 
 
 def test_hostile_strings_are_escaped_in_the_html_page(tmp_path, tiny):
-    """Prompt, token strings, target labels and the title are escaped (plotly JSON included)."""
+    """Prompt, token strings, target labels and the title never reach the page as markup: the
+    HTML outside scripts is escaped, data inside scripts cannot close the script tag, and the
+    hover texts (which the page puts into innerHTML) are escaped."""
+    import re
+
     from tc_circuits.viz.html_page import write_graph_page
 
     g = _graph(tiny)
@@ -845,7 +849,11 @@ def test_hostile_strings_are_escaped_in_the_html_page(tmp_path, tiny):
     g.prompt_strings = [PAYLOADS[i % 3] for i in range(len(g.prompt_strings))]
     g.target_labels = [PAYLOADS[1]] * len(g.target_labels)
     page = write_graph_page(tmp_path / "p.html", g, title=PAYLOADS[2], progress=False).read_text()
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", page, re.S)
+    outside = re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.S)
     for p in PAYLOADS:
-        assert p not in page, p
-    assert "<img src=x" not in page
-    assert page.count("<script") == page.count("</script>")  # no tag was opened or closed by a payload
+        assert p not in outside, p
+    assert not any("</script" in s.lower() for s in scripts)  # nothing can break out of a script
+    hovers = [json.loads(f'"{h}"') for s in scripts for h in re.findall(r'"hover":"((?:[^"\\]|\\.)*)"', s)]
+    assert hovers and not any("<img" in h or "<script" in h for h in hovers)
+    assert any("&lt;img" in h or "&lt;script" in h for h in hovers)  # the token strings are there, escaped

@@ -3,6 +3,14 @@
 
 from __future__ import annotations
 
+from html import escape
+
+
+def _h(text: str) -> str:
+    """Hover texts are HTML (the page puts them into innerHTML): escape every string from a graph
+    or a tokenizer (``&``, ``<``, ``>``; quotes are harmless in text content)."""
+    return escape(text, quote=False)
+
 from tc_circuits.viz.feature_weights import promoted_tokens
 from tc_circuits.viz.target_info import target_hover
 
@@ -10,7 +18,7 @@ from tc_circuits.viz.target_info import target_hover
 def _feature_hover(node, full_label, ctx, n_tokens: int, n_contexts: int) -> str:
     prompt = ctx["prompt"]
     tok = prompt[node.pos] if 0 <= node.pos < len(prompt) else ""
-    lines = [f"<b>{full_label}</b>", f"Feature L{int(node.layer)} #{node.latent} at position {node.pos} ({tok!r})",
+    lines = [f"<b>{_h(str(full_label))}</b>", f"Feature L{int(node.layer)} #{node.latent} at position {node.pos} ({_h(repr(tok))})",
              f"activation {node.activation:.3f}, pre-activation {ctx['value'].get(node.key, float('nan')):.3f}",
              f"influence {node.influence:.3g}"]
     key = (int(node.layer), node.latent)
@@ -20,11 +28,11 @@ def _feature_hover(node, full_label, ctx, n_tokens: int, n_contexts: int) -> str
     if promoted is None and model is not None and tcs and key[0] in tcs:
         promoted = promoted_tokens(model, tcs[key[0]], node.latent, n_tokens)[0]
     if promoted:
-        lines.append("promotes: " + ", ".join(repr(t.string) for t in promoted[: n_tokens]))
+        lines.append("promotes: " + ", ".join(_h(repr(t.string)) for t in promoted[: n_tokens]))
     if board:
         for ex in board.top_examples[: n_contexts]:
             text = "".join(f"[{t}]" if j == ex.highlight else t for j, t in enumerate(ex.tokens))
-            lines.append(f"{ex.activation:.2f}: {text!r}")
+            lines.append(f"{ex.activation:.2f}: {_h(repr(text))}")
     return "<br>".join(lines)
 
 
@@ -55,12 +63,12 @@ def node_hover(node, full_label: str, ctx: dict, n_tokens: int = 4, n_contexts: 
     if node.kind == "target":
         return target_hover(ctx["graph"], node.key, ctx["metric"])
     if node.kind == "supernode":
-        names = [ctx["names"].get(m, m) for m in node.members]
+        names = [_h(str(ctx["names"].get(m, m))) for m in node.members]
         tok = ctx["prompt"][node.pos] if 0 <= node.pos < len(ctx["prompt"]) else ""
-        return (f"<b>Supernode {node.label!r}</b>: {supernode_summary(node)}<br>at position {node.pos} ({tok!r})"
+        return (f"<b>Supernode {_h(repr(node.label))}</b>: {_h(supernode_summary(node))}<br>at position {node.pos} ({_h(repr(tok))})"
                 f"<br>summed influence {node.influence:.3g}, summed activation {node.activation:.3g}"
                 "<br>members: " + "<br>".join(", ".join(names[j:j + 3]) for j in range(0, min(len(names), 12), 3))
                 + (" …" if len(names) > 12 else ""))
-    head = f"<b>{node.label}</b> ({node.kind})"
+    head = f"<b>{_h(str(node.label))}</b> ({_h(str(node.kind))})"
     extra = f"<br>position {node.pos}" if node.pos >= 0 else ""
-    return head + extra + f"<br>influence {node.influence:.3g}<br>id {node.key}"
+    return head + extra + f"<br>influence {node.influence:.3g}<br>id {_h(str(node.key))}"

@@ -43,12 +43,18 @@ def target_hover(graph: AttributionGraph, key: str, metric: Mapping[str, float] 
     i = tidx[t]
     pos = int(graph.nodes.pos[i])
     tok = graph.prompt_strings[pos] if 0 <= pos < graph.n_pos else ""
-    lines = [f"<b>Target: {graph.target_labels[t]}</b>",
+    from html import escape
+
+    def h(text: str) -> str:  # hover texts are HTML: graph strings are escaped
+        return escape(text, quote=False)
+
+    lines = [f"<b>Target: {h(str(graph.target_labels[t]))}</b>",
              f"value explained: {float(graph.nodes.value[i]):.4g} (the sum of all its input edges)",
-             f"definition: {target_definition(graph, t)}",
-             f"read at position {pos} ({tok!r}); weight in pruning {float(graph.target_weights[t]):.3g}"]
+             f"definition: {h(str(target_definition(graph, t)))}",
+             f"read at position {pos} ({h(repr(tok))}); weight in pruning {float(graph.target_weights[t]):.3g}"]
     metrics = dict(graph.metadata.get("metric") or {})
     metrics.update(metric or {})
     for name, value in metrics.items():
-        lines.append(f"metric {name}: {value:.4g}" if isinstance(value, (int, float)) else f"metric {name}: {value}")
+        lines.append(f"metric {h(str(name))}: {value:.4g}" if isinstance(value, (int, float))
+                     else f"metric {h(str(name))}: {h(str(value))}")
     return "<br>".join(lines)

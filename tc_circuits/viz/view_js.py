@@ -129,7 +129,7 @@ function redrawEdges(vi) {
     var t = (e[2] >= 0 ? 0 : P.bands.length) + b;
     xs[t].push(s.x, d.x, null); ys[t].push(s.y, d.y, null);
     hx.push(e[5]); hy.push(e[6]);
-    ht.push(s.label + ' → ' + d.label + '<br>weight ' + e[2].toPrecision(4));
+    ht.push(esc(s.label) + ' → ' + esc(d.label) + '<br>weight ' + e[2].toPrecision(4));
   });
   xs.push(hx); ys.push(hy);
   var texts = v.edgeTraces.map(function (_, j) { return j === v.edgeTraces.length - 1 ? ht : null; });
