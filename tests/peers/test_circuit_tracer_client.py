@@ -141,3 +141,41 @@ def test_graph_agrees_edge_by_edge_with_circuit_tracer(models, tmp_path):
     print("edge-by-edge vs circuit-tracer:", res)
     assert res["edges_compared"] > 100
     assert res["max_rel_diff"] < 1e-5, res
+
+
+def test_circuit_tracer_native_save_imports_into_ours(models, tmp_path):
+    """circuit-tracer's own ``TranscoderSet.to_safetensors`` (JumpReLU skip transcoders on its
+    ``mlp.hook_in``) imports into ours on the processed organism: LayerNorm folded, output centred."""
+    from circuit_tracer.transcoder import TranscoderSet as CTSet
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder
+
+    model, raw = models
+    d, n = model.cfg.d_model, 80
+    g = torch.Generator().manual_seed(3)
+    layers = {}
+    for layer in range(model.cfg.n_layers):
+        tc = SingleLayerTranscoder(d, n, JumpReLU(torch.rand(n, generator=g) * 0.3, 0.1), layer,
+                                   skip_connection=True, device=torch.device("cpu"), dtype=torch.float32)
+        with torch.no_grad():
+            for name, p in tc.named_parameters():
+                if name != "activation_function.threshold":
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        layers[layer] = tc
+    ct_set = CTSet(layers, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="native")
+    ct_set.to_safetensors(str(tmp_path / "native"))
+    (tmp_path / "native" / "config.yaml").write_text(yaml.safe_dump({
+        "model_name": model.cfg.model_name, "model_kind": "transcoder_set", "scan": "native",
+        "feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out",
+        "transcoders": [f"layer_{i}.safetensors" for i in range(model.cfg.n_layers)]}))
+    ours = load_circuit_tracer(tmp_path / "native", hf_model=raw)
+    ct = ct_model(raw, ct_set)
+    tokens = torch.tensor([[1, 5, 9, 22, 7, 3, 40, 12]])
+    _, ct_cache = ct.run_with_cache(tokens)
+    _, cache = model.run_with_cache(tokens)
+    for layer, tc in ours.items():
+        tc.check_compatible(model)
+        theirs = ct_set[layer](ct_cache[f"blocks.{layer}.mlp.hook_in"][0]).detach()
+        mine = tc(cache[f"blocks.{layer}.ln2.hook_normalized"][0])
+        assert rel(mine.output, theirs - theirs.mean(-1, keepdim=True)) < 1e-5
+        assert rel(mine.latents, ct_set[layer].encode(ct_cache[f"blocks.{layer}.mlp.hook_in"][0])) < 1e-5
