@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from tests.conftest import make_tiny_model
-from tests.attribution_helpers import make_transcoders
+from conftest import make_tiny_model
+from attribution_helpers import make_transcoders
 from tc_circuits.attribution import attribute
 from tc_circuits.graph import from_json_dict, save_graph_files, to_json_dict, validate_json_dict
 

@@ -130,12 +130,12 @@ def to_json_dict(
     prune: bool = True,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
-    clerps: dict[str, str] | None = None,
+    clerps: dict[Any, str] | None = None,
 ) -> dict[str, Any]:
     """The graph (pruned unless ``prune=False``) as a circuit-tracer / Neuronpedia JSON dict.
 
-    ``clerps`` maps node ids or ``"{layer}_{latent}"`` feature keys to labels (shown as the
-    node's ``clerp``). The result passes :func:`validate_json_dict`.
+    ``clerps`` maps node ids, ``"{layer}_{latent}"`` or ``(layer, latent)`` feature keys to
+    labels (the node's ``clerp``, what Neuronpedia and circuit-tracer's frontend show). The result passes :func:`validate_json_dict`.
     """
     if prune:
         res = prune_graph(graph, node_threshold, edge_threshold)
@@ -223,12 +223,15 @@ def to_json_dict(
     return out
 
 
-def _label(clerps: dict[str, str] | None, node_id: str, kind: str, layer: int, latent: int) -> str | None:
+def _label(clerps: dict[Any, str] | None, node_id: str, kind: str, layer: int, latent: int) -> str | None:
     if not clerps:
         return None
     if node_id in clerps:
-        return clerps[node_id]
-    return clerps.get(f"{layer}_{latent}") if kind == "feature" else None
+        return str(clerps[node_id])
+    if kind != "feature":
+        return None
+    label = clerps.get((layer, latent), clerps.get(f"{layer}_{latent}"))
+    return None if label is None else str(label)
 
 
 #: Fields (and JSON types) Neuronpedia requires in a graph file.
