@@ -75,8 +75,18 @@ def _get(raw: dict[str, Any], key: str) -> Any:
     return raw.get(key) if raw.get(key) is not None else meta.get(key)
 
 
-def load_saelens(path: str | os.PathLike) -> Transcoder:
-    """A SAELens SAE / transcoder / skip-transcoder folder as a :class:`Transcoder`."""
+def load_saelens(
+    path: str | os.PathLike,
+    *,
+    overrides: dict[str, Any] | None = None,
+    scaling_factor: float | None = None,
+) -> Transcoder:
+    """A SAELens SAE / transcoder / skip-transcoder folder as a :class:`Transcoder`.
+
+    ``overrides`` (a pretrained release's ``config_overrides``) update ``cfg.json`` as SAELens'
+    ``from_pretrained`` does; ``scaling_factor`` (a release's ``norm_scaling_factor``) is
+    folded like ``fold_activation_norm_scaling_factor``.
+    """
     root = Path(path)
     cfg_path, w_path = root / CFG_FILE, root / WEIGHTS_FILE
     for f in (cfg_path, w_path):
@@ -87,6 +97,14 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
     except json.JSONDecodeError as err:
         raise ValueError(f"corrupted {cfg_path}: {err}") from err
     source = str(root)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    if isinstance(raw.get("metadata"), dict) and "model_from_pretrained_kwargs" in (overrides or {}):
+        raw["metadata"]["model_from_pretrained_kwargs"] = {
+            **(raw["metadata"].get("model_from_pretrained_kwargs") or {}), **overrides["model_from_pretrained_kwargs"]}
     arch = raw.get("architecture", "standard")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{source}: SAELens architecture {arch!r} is not supported; expected one of {sorted(ARCHITECTURES)}")
@@ -128,6 +146,10 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
     W_enc, b_enc, W_dec, b_dec = (t[key].double() for key in ("W_enc", "b_enc", "W_dec", "b_dec"))
     thr = t["threshold"].double() if "threshold" in t else None
     scaler = _scaling_factor(root) if norm == "expected_average_only_in" else None
+    if scaling_factor is not None:
+        if not scaling_factor > 0:
+            raise ValueError(f"{source}: scaling_factor must be positive, got {scaling_factor!r}")
+        scaler = float(scaling_factor)
     if scaler is not None:  # SAELens fold_activation_norm_scaling_factor
         W_enc, W_dec, b_dec = W_enc * scaler, W_dec / scaler, b_dec / scaler
     if not is_transcoder and raw.get("apply_b_dec_to_input", True):  # transcoders never apply it

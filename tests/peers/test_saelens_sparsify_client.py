@@ -151,3 +151,44 @@ def test_sparsify_trainer_output_imports_exactly(tmp_path):
         mine = ours(cache["blocks.1.ln2.hook_normalized"].flatten(0, 1)).output
     centred = theirs - theirs.mean(-1, keepdim=True)  # TransformerLens centres the MLP output
     assert rel(mine, centred) < 1e-5
+
+
+def test_saelens_release_reference_offline_matches_from_pretrained(tmp_path, monkeypatch):
+    """A pretrained-release reference (``gpt2-small-res-jb``) through one offline hub cache:
+    SAELens' ``SAE.from_pretrained`` and our ``load_saelens_release`` compute the same."""
+    import huggingface_hub
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    from tc_circuits.formats import load_saelens_release
+
+    entry = get_pretrained_saes_directory()["gpt2-small-res-jb"]
+    sae_id = "blocks.2.hook_resid_pre"
+    sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=64))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    sae.cfg.metadata.hook_name = sae_id
+    sae.cfg.metadata.model_name = "gpt2-small"
+    src = tmp_path / "src"
+    sae.save_model(src)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / f"models--{entry.repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    dst = repo / "snapshots" / commit / entry.saes_map[sae_id]
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    theirs = SAE.from_pretrained("gpt2-small-res-jb", sae_id, device="cpu")
+    ours = load_saelens_release("gpt2-small-res-jb", sae_id, cache_dir=tmp_path / "hub")
+    x = torch.randn(5, 768, generator=g)
+    with torch.no_grad():
+        assert rel(ours(x).output, theirs(x)) < 1e-5
+    assert ours.cfg.model_name == "gpt2" and ours.cfg.weight_processing["center_writing_weights"] is True
