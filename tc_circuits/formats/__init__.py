@@ -3,7 +3,7 @@
 | format | import | export |
 |---|---|---|
 | circuit-tracer (``config.yaml`` + ``layer_{i}.safetensors``) | :func:`load_circuit_tracer` | :func:`save_circuit_tracer` |
-| EleutherAI sparsify (``cfg.json`` + ``sae.safetensors``) | :func:`load_sparsify` | — |
+| EleutherAI sparsify (``cfg.json`` + ``sae.safetensors``) | :func:`load_sparsify` | :func:`save_sparsify` |
 | SAELens (``cfg.json`` + ``sae_weights.safetensors``) | :func:`load_saelens` | :func:`save_saelens` |
 | Dunefsky et al. ``.pt`` (restricted unpickler) | :func:`load_dunefsky` | — |
 
@@ -17,7 +17,7 @@ from tc_circuits.formats.dunefsky import load_dunefsky
 from tc_circuits.formats.hub import load_from_hub, load_saelens_release
 from tc_circuits.formats.saelens import load_saelens, save_saelens
 from tc_circuits.formats.safe_pickle import safe_torch_load
-from tc_circuits.formats.sparsify import load_sparsify, load_sparsify_many
+from tc_circuits.formats.sparsify import load_sparsify, load_sparsify_many, save_sparsify
 
 __all__ = [
     "FORMATS",
@@ -33,4 +33,5 @@ __all__ = [
     "safe_torch_load",
     "save_circuit_tracer",
     "save_saelens",
+    "save_sparsify",
 ]

@@ -111,14 +111,8 @@ def test_saelens_loads_our_export_and_round_trips(tmp_path, activation, skip):
         assert rel(back(x).output, tc(x).output) < 1e-5
 
 
-def test_sparsify_trainer_output_imports_exactly(tmp_path):
-    """sparsify's own Trainer on a tiny HF GPT-2; its h.1.mlp transcoder maps onto the
-    TransformerLens model (LayerNorm folded, output centred) and matches sparsify's forward."""
-    from datasets import Dataset
-    from sparsify import SparseCoder, SparseCoderConfig, TrainConfig, Trainer
+def _tiny_gpt2(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from tc_circuits.models.loading import load_model
 
     hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=32))
     gen = torch.Generator().manual_seed(0)
@@ -128,7 +122,29 @@ def test_sparsify_trainer_output_imports_exactly(tmp_path):
             p.copy_(1 + 0.3 * noise if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.2 * noise)
     hf.eval()
     hf.save_pretrained(tmp_path / "gpt2")
-    tokens = torch.randint(0, 97, (64, 16), generator=gen)
+    return hf, torch.randint(0, 97, (64, 16), generator=gen)
+
+
+def _mlp_input(hf, tokens, layer=1):
+    seen = {}
+    handle = hf.transformer.h[layer].mlp.register_forward_hook(lambda m, a, o: seen.update(x=a[0].detach()))
+    try:
+        with torch.no_grad():
+            hf(tokens)
+    finally:
+        handle.remove()
+    return seen["x"].flatten(0, 1)
+
+
+def test_sparsify_trainer_output_imports_exactly(tmp_path):
+    """sparsify's own Trainer on a tiny HF GPT-2; its h.1.mlp transcoder maps onto the
+    TransformerLens model (LayerNorm folded, output centred) and matches sparsify's forward."""
+    from datasets import Dataset
+    from sparsify import SparseCoder, SparseCoderConfig, TrainConfig, Trainer
+
+    from tc_circuits.models.loading import load_model
+
+    hf, tokens = _tiny_gpt2(tmp_path)
     data = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
     cfg = TrainConfig(SparseCoderConfig(num_latents=64, k=4, transcode=True, skip_connection=True),
                       batch_size=8, hookpoints=["h.1.mlp"], save_dir=str(tmp_path / "out"), run_name="run",
@@ -137,17 +153,10 @@ def test_sparsify_trainer_output_imports_exactly(tmp_path):
     folder = tmp_path / "out" / "run"
     ours = load_sparsify_many(folder, hf_model=hf, model_name="gpt2")[1]
     sc = SparseCoder.load_from_disk(folder / "h.1.mlp", device="cpu")
-    seen = {}
-    handle = hf.transformer.h[1].mlp.register_forward_hook(lambda m, a, o: seen.update(x=a[0].detach()))
-    try:
-        with torch.no_grad():
-            hf(tokens[:2])
-    finally:
-        handle.remove()
     model = load_model(tmp_path / "gpt2")
     _, cache = model.run_with_cache(tokens[:2])
     with torch.no_grad():
-        theirs = sc(seen["x"].flatten(0, 1)).sae_out
+        theirs = sc(_mlp_input(hf, tokens[:2])).sae_out
         mine = ours(cache["blocks.1.ln2.hook_normalized"].flatten(0, 1)).output
     centred = theirs - theirs.mean(-1, keepdim=True)  # TransformerLens centres the MLP output
     assert rel(mine, centred) < 1e-5
@@ -192,3 +201,25 @@ def test_saelens_release_reference_offline_matches_from_pretrained(tmp_path, mon
     with torch.no_grad():
         assert rel(ours(x).output, theirs(x)) < 1e-5
     assert ours.cfg.model_name == "gpt2" and ours.cfg.weight_processing["center_writing_weights"] is True
+
+
+def test_sparsify_loads_our_export(tmp_path):
+    from sparsify import SparseCoder
+
+    from tc_circuits.formats import save_sparsify
+    from tc_circuits.models.loading import load_model
+
+    hf, tokens = _tiny_gpt2(tmp_path)
+    model = load_model(tmp_path / "gpt2")
+    tc = Transcoder(TranscoderConfig.for_model(model, 1, 64, kind="skip_transcoder", activation="topk", k=6), seed=3)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    save_sparsify(tc, tmp_path / "sp", hf_model=hf)
+    sc = SparseCoder.load_from_disk(tmp_path / "sp" / "h.1.mlp", device="cpu")
+    _, cache = model.run_with_cache(tokens[:2])
+    with torch.no_grad():
+        theirs = sc(_mlp_input(hf, tokens[:2])).sae_out
+        mine = tc(cache["blocks.1.ln2.hook_normalized"].flatten(0, 1)).output
+    assert rel(theirs, mine) < 1e-5
