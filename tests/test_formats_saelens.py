@@ -128,7 +128,7 @@ def _random(activation, skip, sae=False):
     d_out = D_IN if sae else D_OUT
     cfg = TranscoderConfig(d_in=D_IN, d_out=d_out, n_latents=N, input_site="blocks.2.ln2.hook_normalized" if not sae
                            else "blocks.2.hook_mlp_out", output_site="blocks.2.hook_mlp_out", activation=activation,
-                           k=3 if activation == "topk" else None, skip=skip, model_name="tiny",
+                           k=3 if activation == "topk" else None, skip=skip, model_name="tiny", model_d_model=D_IN,
                            weight_processing={"fold_ln": True, "center_writing_weights": False, "center_unembed": True})
     tc = Transcoder(cfg)
     g = _g(5)

@@ -184,7 +184,7 @@ def load_saelens(
         activation=activation, k=raw.get("k"), skip=skip,
         model_name=tl_model_name(_get(raw, "model_name")),
         weight_processing=processing_from(kwargs),
-        model_d_model=(raw.get("tc_circuits") or {}).get("model_d_model"),
+        model_d_model=(raw.get("tc_circuits") or meta.get("tc_circuits") or {}).get("model_d_model"),
         extra={"source_format": "saelens", "architecture": arch},
     )
     return build(cfg, tensors, source=source)
@@ -252,8 +252,9 @@ def save_saelens(tc: Transcoder, path: str | os.PathLike) -> Path:
             "model_from_pretrained_kwargs": processing,
             "sae_lens_version": SAELENS_VERSION,
             "sae_lens_training_version": SAELENS_VERSION,
+            # SAELens keeps unknown metadata keys when it loads and re-saves
+            "tc_circuits": {"model_d_model": c.model_d_model},
         },
-        "tc_circuits": {"model_d_model": c.model_d_model},
     }
     if arch == "topk":
         cfg["k"] = c.k

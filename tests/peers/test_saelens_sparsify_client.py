@@ -107,6 +107,7 @@ def test_saelens_loads_our_export_and_round_trips(tmp_path, activation, skip):
     theirs.save_model(tmp_path / "resaved")  # SAELens writes it back
     back = load_saelens(tmp_path / "resaved")
     assert back.cfg.weight_processing == proc and back.cfg.model_name == "tc-circuits/organism"
+    assert back.cfg.model_d_model == D
     with torch.no_grad():
         assert rel(back(x).output, tc(x).output) < 1e-5
 
