@@ -114,3 +114,19 @@ def test_saelens_release_needs_sae_lens_or_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "sae_lens.loading.pretrained_saes_directory", None)
     with pytest.raises(ValueError, match="sae-lens"):
         load_saelens_release("gpt2-small-res-jb", "blocks.0.hook_resid_pre")
+
+
+def test_convert_topk_to_circuit_tracer_needs_allow_topk(tmp_path, monkeypatch, capsys):
+    import tc_circuits.formats.circuit_tracer as ct
+
+    monkeypatch.setattr(ct, "installed_reads_topk", lambda: None)  # as without circuit-tracer
+    tc = Transcoder(TranscoderConfig(d_in=8, d_out=8, n_latents=16, input_site="blocks.0.ln2.hook_normalized",
+                                     output_site="blocks.0.hook_mlp_out", activation="topk", k=4))
+    with torch.no_grad():
+        tc.W_dec.normal_(generator=torch.Generator().manual_seed(1))
+    tc.save(tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "ct"), "--to", "circuit-tracer"]) != 0
+    assert "--allow-topk" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "ct"), "--to", "circuit-tracer", "--allow-topk"]) == 0
+    back = load_circuit_tracer(tmp_path / "ct")[0]
+    assert (back.cfg.activation, back.cfg.k) == ("topk", 4) and _same(back, tc)

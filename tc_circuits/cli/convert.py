@@ -37,6 +37,9 @@ class ConvertOptions:
     """The target TransformerLens model centres the unembedding."""
     model_name: str | None = None
     """Model name to record (sparsify checkpoints do not name their model)."""
+    allow_topk: bool = False
+    """Write TopK sets for circuit-tracer even when the installed one cannot read them (upstream
+    circuit-tracer reads ``activation: topk``; the PyPI 0.5.0 release would read ReLU)."""
 
     def __post_init__(self) -> None:
         if self.to not in TARGETS:
@@ -86,7 +89,7 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
         loaded.save(dst)
     elif opts.to == "circuit-tracer":
         tset = loaded if isinstance(loaded, TranscoderSet) else TranscoderSet({loaded.cfg.layer: loaded})
-        save_circuit_tracer(tset, dst, hf_model=hf_weights)
+        save_circuit_tracer(tset, dst, hf_model=hf_weights, allow_topk=opts.allow_topk or None)
     elif opts.to == "sparsify":
         save_sparsify(loaded, dst, hf_model=hf_weights)
     else:

@@ -315,8 +315,8 @@ def save_circuit_tracer(
             raise ValueError(
                 f"refusing to write TopK transcoders for circuit-tracer ({why}): releases without "
                 f"'activation: topk' support (the PyPI 0.5.0 wheel) read them as ReLU, silently wrong. "
-                f"Upstream circuit-tracer main (PR #94) reads them; pass allow_topk=True to write "
-                f"them for it"
+                f"Upstream circuit-tracer main (PR #94) reads them; pass allow_topk=True "
+                f"(tc-circuits convert --allow-topk) to write them for it"
             )
     unfold = hf_model is not None and first.in_site.kind == "mlp_in"
     in_rel = "mlp.hook_in" if unfold else _relative(first.in_site)
