@@ -179,7 +179,7 @@ def to_json_dict(
             "run_idx": 0,
             "reverse_ctx_idx": 0,
             "jsNodeId": js,
-            "clerp": _label(clerps, ids[i], kind, layer, lat) or _clerp(sub, i, kind),
+            "clerp": _label(clerps, ids[i], kind, layer, lat) or sub.node_label(i) or _clerp(sub, i, kind),
             "influence": None if sub_infl is None else float(sub_infl[i]),
             "activation": _f(float(nt.activation[i])),
             "tc_type": kind,
@@ -337,6 +337,7 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
     target_probs = []
     target_labels = []
     foreign_layers = []
+    clerps_in: dict[str, str] = {}
     for i, node in enumerate(data["nodes"]):
         if "tc_type" in node:
             kind = node["tc_type"]
@@ -361,6 +362,8 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
         ):
             cols[f].append(v)
         index[node["node_id"]] = i
+        if kind == "feature" and node.get("clerp"):  # user labels come back (foreign files too)
+            clerps_in[node["node_id"]] = node["clerp"]
     dtypes = {"activation": torch.float64, "value": torch.float64, "expanded": torch.bool}
     nodes = NodeTable(**{f: torch.tensor(cols[f], dtype=dtypes.get(f, torch.int64)) for f in NodeTable.FIELDS})
     try:
@@ -385,6 +388,8 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
         graph_meta["json_scan"] = meta.get("scan")
         if isinstance(data.get("qParams"), dict):
             graph_meta["json_qparams"] = data["qParams"]
+    if clerps_in:
+        graph_meta["labels"] = {**graph_meta.get("labels", {}), **clerps_in}
     return AttributionGraph(
         nodes=nodes,
         edge_target=et,
