@@ -215,3 +215,16 @@ def test_bad_inputs(tmp_path):
     zero["blocks.0.ln2.w"][0] = 0.0
     with pytest.raises(ValueError, match="zero"):
         save_circuit_tracer(_random_set("relu", False), tmp_path / "z", hf_model=zero)
+
+
+def test_layernorm_sources():
+    from tc_circuits.formats._common import ln2_gain_bias
+
+    w = torch.rand(D) + 0.5
+    got_w, got_b = ln2_gain_bias({"blocks.1.ln2.w": w}, 1)  # TransformerLens RMSNorm: no bias
+    assert torch.equal(got_w, w) and torch.equal(got_b, torch.zeros(D))
+    got_w, got_b = ln2_gain_bias({"transformer.h.0.ln_2.weight": w, "transformer.h.0.ln_2.bias": w + 1}, 0)
+    assert torch.equal(got_b, w + 1)
+    with pytest.raises(ValueError, match="Gemma"):
+        ln2_gain_bias({"model.layers.0.pre_feedforward_layernorm.weight": w,
+                       "model.layers.0.post_attention_layernorm.weight": w}, 0)

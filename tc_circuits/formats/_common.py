@@ -112,13 +112,14 @@ def finite_or_raise(source: str, tensors: Mapping[str, Tensor]) -> None:
 
 
 #: Where the MLP-input LayerNorm gain/bias of layer ``L`` live in unprocessed state dicts:
-#: TransformerLens (``fold_ln=False``), HF GPT-2, GPT-NeoX, Llama-style (RMSNorm: no bias).
+#: TransformerLens (``fold_ln=False``; RMSNorm has no bias), HF GPT-2, GPT-NeoX, Llama-style
+#: (RMSNorm: no bias). ``(gain key, bias key, bias required)``.
 _LN2_KEYS = (
-    ("blocks.{L}.ln2.w", "blocks.{L}.ln2.b"),
-    ("transformer.h.{L}.ln_2.weight", "transformer.h.{L}.ln_2.bias"),
-    ("h.{L}.ln_2.weight", "h.{L}.ln_2.bias"),
-    ("gpt_neox.layers.{L}.post_attention_layernorm.weight", "gpt_neox.layers.{L}.post_attention_layernorm.bias"),
-    ("model.layers.{L}.post_attention_layernorm.weight", None),
+    ("blocks.{L}.ln2.w", "blocks.{L}.ln2.b", False),
+    ("transformer.h.{L}.ln_2.weight", "transformer.h.{L}.ln_2.bias", True),
+    ("h.{L}.ln_2.weight", "h.{L}.ln_2.bias", True),
+    ("gpt_neox.layers.{L}.post_attention_layernorm.weight", "gpt_neox.layers.{L}.post_attention_layernorm.bias", True),
+    ("model.layers.{L}.post_attention_layernorm.weight", None, False),
 )
 
 
@@ -133,18 +134,23 @@ def ln2_gain_bias(weights: Any, layer: int, *, source: str = "hf_model") -> tupl
     sd = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     if not isinstance(sd, Mapping):
         raise ValueError(f"{source}: expected a model or a state dict, got {type(weights).__name__}")
-    for w_key, b_key in _LN2_KEYS:
+    if f"model.layers.{layer}.pre_feedforward_layernorm.weight" in sd:
+        raise ValueError(
+            f"{source} is a Hugging Face Gemma-style state dict (pre_feedforward_layernorm, stored as "
+            f"gain - 1); pass the HookedTransformer loaded with fold_ln=False instead"
+        )
+    for w_key, b_key, b_required in _LN2_KEYS:
         w = sd.get(w_key.format(L=layer))
         if w is None:
             continue
         b = sd.get(b_key.format(L=layer)) if b_key else None
-        if b_key and b is None:
+        if b is None and b_required:
             continue
         w = w.detach()
         return w, (torch.zeros_like(w) if b is None else b.detach())
     raise ValueError(
         f"{source} has no MLP-input LayerNorm weights for layer {layer} (looked for "
-        f"{[k.format(L=layer) for k, _ in _LN2_KEYS]}); pass the unprocessed model (HF, or "
+        f"{[k.format(L=layer) for k, _, _ in _LN2_KEYS]}); pass the unprocessed model (HF, or "
         f"HookedTransformer with fold_ln=False) or its state dict"
     )
 
