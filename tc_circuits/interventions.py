@@ -75,20 +75,20 @@ def intervene(
     toks = tokens[None].to(device)
     frozen_names = set()
     for L in range(model.cfg.n_layers):
-        frozen_names |= {Site(L, "attn_pattern").hook_name}
+        frozen_names |= {Site(L, "attn_pattern").hook_for(model)}
         if model.cfg.normalization_type is not None:
-            frozen_names |= {Site(L, "ln1_scale").hook_name, Site(L, "ln2_scale").hook_name}
+            frozen_names |= {Site(L, "ln1_scale").hook_for(model), Site(L, "ln2_scale").hook_for(model)}
     if model.cfg.normalization_type is not None:
-        frozen_names.add(global_hook("ln_final_scale"))
-    io_names = {Site(L, k).hook_name for L in transcoders for k in ("mlp_in", "mlp_out")}
+        frozen_names.add(global_hook("ln_final_scale", model))
+    io_names = {Site(L, k).hook_for(model) for L in transcoders for k in ("mlp_in", "mlp_out")}
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in frozen_names | io_names)
         clean_lat, errors = {}, {}
         for L, tc in transcoders.items():
-            x = cache[Site(L, "mlp_in").hook_name]
+            x = cache[Site(L, "mlp_in").hook_for(model)]
             out = tc(x.to(tc.W_enc.dtype))
             clean_lat[L] = out.latents
-            errors[L] = cache[Site(L, "mlp_out").hook_name] - out.output.to(x.dtype)
+            errors[L] = cache[Site(L, "mlp_out").hook_for(model)] - out.output.to(x.dtype)
 
     captured: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
@@ -114,7 +114,7 @@ def intervene(
             acts[L], pres[L] = lat[0].detach(), pre[0].detach()
             return (tc.decode(lat, x) + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
 
-        hooks += [(Site(L, "mlp_in").hook_name, capture), (Site(L, "mlp_out").hook_name, replace)]
+        hooks += [(Site(L, "mlp_in").hook_for(model), capture), (Site(L, "mlp_out").hook_for(model), replace)]
     with torch.no_grad():
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
     return InterventionResult(logits[0].detach(), acts, pres)

@@ -181,15 +181,15 @@ class LinearisedModel:
         self.n_pos = int(tokens.shape[0])
         self.has_pos_embed = cfg.positional_embedding_type == "standard"
         nt = cfg.normalization_type
-        names = [global_hook("embed"), global_hook("ln_final_normalized")]
+        names = [global_hook("embed", model), global_hook("ln_final_normalized", model)]
         if self.has_pos_embed:
-            names.append(global_hook("pos_embed"))
+            names.append(global_hook("pos_embed", model))
         if nt is not None:
-            names.append(global_hook("ln_final_scale"))
+            names.append(global_hook("ln_final_scale", model))
         for L in range(self.n_layers):
-            names += [Site(L, k).hook_name for k in ("attn_pattern", "mlp_in", "mlp_out")]
+            names += [Site(L, k).hook_for(model) for k in ("attn_pattern", "mlp_in", "mlp_out")]
             if nt is not None:
-                names += [Site(L, "ln1_scale").hook_name, Site(L, "ln2_scale").hook_name]
+                names += [Site(L, "ln1_scale").hook_for(model), Site(L, "ln2_scale").hook_for(model)]
         device = next(model.parameters()).device
         with torch.no_grad():
             # return_type=None skips the unembedding of every position; only the last
@@ -204,12 +204,12 @@ class LinearisedModel:
                 return torch.ones(self.n_pos, device=device)
             return cache[name][0, :, 0].detach()
 
-        self.embed = cache[global_hook("embed")][0].detach()
+        self.embed = cache[global_hook("embed", model)][0].detach()
         self.pos_embed = (
-            cache[global_hook("pos_embed")][0].detach() if self.has_pos_embed else torch.zeros_like(self.embed)
+            cache[global_hook("pos_embed", model)][0].detach() if self.has_pos_embed else torch.zeros_like(self.embed)
         )
-        self.ln_final = _ln(model.ln_final, scale(global_hook("ln_final_scale")), nt)
-        normalized = cache[global_hook("ln_final_normalized")][0].detach()
+        self.ln_final = _ln(model.ln_final, scale(global_hook("ln_final_scale", model)), nt)
+        normalized = cache[global_hook("ln_final_normalized", model)][0].detach()
         lnf = self.ln_final
         self.final_ln_out = normalized * (1 if lnf.w is None else lnf.w) + (0 if lnf.b is None else lnf.b)
         self.last_logits = self.logits_at(self.final_ln_out[-1:])[0]
@@ -217,11 +217,11 @@ class LinearisedModel:
         self.mlp_in, self.mlp_out = [], []
         for L in range(self.n_layers):
             block = model.blocks[L]
-            self.ln1.append(_ln(block.ln1, scale(Site(L, "ln1_scale").hook_name), nt))
-            self.ln2.append(_ln(block.ln2, scale(Site(L, "ln2_scale").hook_name), nt))
-            self.patterns.append(cache[Site(L, "attn_pattern").hook_name][0].detach())
-            self.mlp_in.append(cache[Site(L, "mlp_in").hook_name][0].detach())
-            self.mlp_out.append(cache[Site(L, "mlp_out").hook_name][0].detach())
+            self.ln1.append(_ln(block.ln1, scale(Site(L, "ln1_scale").hook_for(model)), nt))
+            self.ln2.append(_ln(block.ln2, scale(Site(L, "ln2_scale").hook_for(model)), nt))
+            self.patterns.append(cache[Site(L, "attn_pattern").hook_for(model)][0].detach())
+            self.mlp_in.append(cache[Site(L, "mlp_in").hook_for(model)][0].detach())
+            self.mlp_out.append(cache[Site(L, "mlp_out").hook_for(model)][0].detach())
         del cache
         self.W_V = [model.blocks[L].attn.W_V.detach() for L in range(self.n_layers)]
         self.b_V = [model.blocks[L].attn.b_V.detach() for L in range(self.n_layers)]
