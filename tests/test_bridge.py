@@ -296,3 +296,48 @@ def test_same_weights_same_graph_on_both_backends(hf_dir, tokenizer, processed):
     assert torch.equal(A_ht != 0, A_br != 0)  # the same edges exist
     torch.testing.assert_close(A_br, A_ht, atol=1e-6, rtol=1e-5)
     assert float((A_br - A_ht).abs().max()) < 1e-6 * float(A_ht.abs().max())
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def test_dashboards_and_weight_views_on_a_raw_bridge(hf_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from tc_circuits.viz.dashboards import DashboardConfig, compute_dashboards
+    from tc_circuits.viz.feature_stats import latent_activations
+    from tc_circuits.viz.feature_weights import de_embeddings, reader_weights
+
+    model = _bridge(hf_dir, tokenizer, processed=False, dtype=torch.float32)
+    tcs = _transcoders(model)
+    for tc in tcs.values():
+        tc.to(torch.float32)
+    batches = [torch.randint(0, D_VOCAB, (3, 12), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    # latent activations = encoder of the cached MLP input, computed by hand
+    acts = latent_activations(model, tcs, [(1, 2), (0, 5)], batches[0])
+    _, cache = model.run_with_cache(batches[0])
+    for col, (L, lat) in enumerate([(1, 2), (0, 5)]):
+        ref = tcs[L].encode(cache[Site(L, "mlp_in").hook_for(model)])[..., lat]
+        torch.testing.assert_close(acts[..., col], ref.detach(), atol=1e-5, rtol=1e-5)
+    cfg = DashboardConfig(n_top=3, n_quantiles=2, n_per_quantile=1, context_before=2, context_after=1, n_bins=8)
+    boards = compute_dashboards(model, tcs, [(0, 5)], iter(batches), cfg, progress=False)
+    all_acts = torch.cat([latent_activations(model, tcs, [(0, 5)], b).reshape(-1) for b in batches])
+    assert abs(boards[(0, 5)].max_activation - float(all_acts.max())) < 1e-4
+    # weight views see the raw bridge's LayerNorm: centring and the HF gain ln_2.weight
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True)
+    w2 = hf.transformer.h[1].ln_2.weight.detach()
+    y = torch.randn(32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(y @ reader_weights(model, tcs[1]), ((y - y.mean()) * w2) @ tcs[1].W_enc.detach(),
+                               atol=1e-5, rtol=1e-5)
+    WE = hf.transformer.wte.weight.detach()
+    scores = ((WE - WE.mean(-1, keepdim=True)) * w2) @ tcs[1].W_enc[:, 6].detach()
+    assert [t.token_id for t in de_embeddings(model, tcs[1], 6, k=4)] == torch.topk(scores, 4).indices.tolist()
+
+
+def test_canonical_site_names_are_recorded_backend_neutral():
+    cfg = TranscoderConfig(d_in=32, d_out=32, n_latents=8, k=2, input_site="blocks.1.ln2.hook_normalized",
+                           output_site="blocks.1.mlp.hook_out")
+    assert cfg.output_site == "blocks.1.hook_mlp_out" and cfg.out_site == Site(1, "mlp_out")
+    sae = TranscoderConfig(d_in=32, d_out=32, n_latents=8, k=2, input_site="blocks.0.hook_out",
+                           output_site="blocks.0.hook_resid_post")
+    assert sae.is_sae and sae.input_site == "blocks.0.hook_resid_post"

@@ -137,7 +137,7 @@ def _module(model: Any, path: str) -> Any:
     return module
 
 
-def norm_kind(model: Any, module: Any) -> str | None:
+def norm_kind(module: Any) -> str | None:
     """``"LN"``, ``"RMS"`` or None for a norm module of either backend."""
     if module is None:
         return None
@@ -160,7 +160,7 @@ def _detached(t: Any) -> Tensor | None:
 def norm_weights(model: Any, path: str) -> NormWeights:
     """The norm at attribute path ``path`` (``"blocks.3.ln2"``, ``"ln_final"``) of ``model``."""
     module = _module(model, path)
-    kind = norm_kind(model, module)
+    kind = norm_kind(module)
     if kind is None:
         return NormWeights(None, None, None)
     return NormWeights(kind, _detached(getattr(module, "w", None)), _detached(getattr(module, "b", None)))
