@@ -341,3 +341,18 @@ def test_canonical_site_names_are_recorded_backend_neutral():
     sae = TranscoderConfig(d_in=32, d_out=32, n_latents=8, k=2, input_site="blocks.0.hook_out",
                            output_site="blocks.0.hook_resid_post")
     assert sae.is_sae and sae.input_site == "blocks.0.hook_resid_post"
+
+
+def test_load_model_backend_choice(hf_dir, tokenizer):
+    from tc_circuits.models.loading import load_model
+
+    model = load_model(hf_dir, backend="bridge", tokenizer=tokenizer)
+    assert backend.backend_of(model) == "bridge"
+    assert weight_processing(model) == dict(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    auto = load_model(hf_dir, tokenizer=tokenizer)
+    assert backend.backend_of(auto) == ("hooked" if HAS_HOOKED else "bridge")
+    with pytest.raises(ValueError, match="backend='nope'"):
+        load_model(hf_dir, backend="nope")
+    if not HAS_HOOKED:
+        with pytest.raises(ImportError, match="removed in 4.0.*load_bridge"):
+            backend.hooked_transformer_class()

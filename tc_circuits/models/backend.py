@@ -341,8 +341,9 @@ def load_bridge(
     """A ``TransformerBridge`` over a local Hugging Face folder or an in-memory HF model, offline.
 
     Args:
-        source: a local HF model folder (``config.json`` + weights), or a loaded
-            ``transformers`` causal-LM (``PreTrainedModel``).
+        source: a local HF model folder (``config.json`` + weights, loaded offline), a loaded
+            ``transformers`` causal-LM (``PreTrainedModel``), or a Hub name (downloaded by
+            ``TransformerBridge.boot_transformers``).
         name: the model name the bridge (and checkpoints) carry (default: the folder's name,
             or the HF config's ``name_or_path``).
         fold_ln, center_writing_weights, center_unembed: HookedTransformer-style processing,
@@ -362,13 +363,20 @@ def load_bridge(
     if isinstance(source, PreTrainedModel):
         hf_model = source
         folder = None
-    else:
+    elif Path(source).is_dir():
         folder = Path(source)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{str(source)!r} is not a Hugging Face model folder (no config.json)")
         hf_model = AutoModelForCausalLM.from_pretrained(
             str(folder), local_files_only=True, dtype=dtype, attn_implementation="eager"
         )
+    elif Path(source).exists():
+        raise FileNotFoundError(f"{str(source)!r} exists but is not a Hugging Face model folder")
+    else:  # a Hub name: TransformerLens downloads it (through the Hugging Face cache)
+        bridge = TransformerBridge.boot_transformers(str(source), device=device, dtype=dtype, tokenizer=tokenizer)
+        if compatibility_mode:
+            process_bridge(bridge, **flags)
+        return bridge.eval()
     hf_model = hf_model.to(device).eval()
     if tokenizer is None:
         tokenizer = _default_tokenizer(folder, hf_model.config)
