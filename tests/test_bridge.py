@@ -353,6 +353,10 @@ def test_load_model_backend_choice(hf_dir, tokenizer):
     assert backend.backend_of(auto) == ("hooked" if HAS_HOOKED else "bridge")
     with pytest.raises(ValueError, match="backend='nope'"):
         load_model(hf_dir, backend="nope")
-    if not HAS_HOOKED:
+    if not HAS_HOOKED:  # TL 4: a clear error where a HookedTransformer is required
+        from tc_circuits.organism import load_organism
+
         with pytest.raises(ImportError, match="removed in 4.0.*load_bridge"):
             backend.hooked_transformer_class()
+        with pytest.raises(ImportError, match="HookedTransformer is not available"):
+            load_organism()
