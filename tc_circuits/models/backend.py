@@ -297,8 +297,15 @@ def process_bridge(
 
 
 def model_name(model: Any) -> str:
-    """The model's name as checkpoints record it (the last path component on both backends)."""
+    """The model's name as checkpoints record it.
+
+    HookedTransformer: ``cfg.model_name`` (``from_pretrained`` already drops the organisation:
+    ``"pythia-70m"``; a local folder gives the folder's name). A bridge carries the name it was
+    booted with (a Hub id or a path): its last component, so both backends agree.
+    """
     name = str(model.cfg.model_name)
+    if backend_of(model) == "hooked":
+        return name
     return name.rstrip("/").split("/")[-1] or name
 
 
