@@ -264,6 +264,11 @@ def test_attribution_exact_and_edges_match_interventions(hf_dir, tokenizer, proc
         res = intervene(model, tcs, toks, [(L, p, lat, 0.0)], mode="frozen", recompute_features=False)
         iv = torch.stack([t.direction.double() @ res.logits[t.position if t.position >= 0 else P + t.position].double() for t in targets])
         torch.testing.assert_close(iv - base, -A[tgt, j], atol=1e-8, rtol=1e-6)
+    # live mode with nothing changed is the real model (the clean errors are added back)
+    with torch.no_grad():
+        real = model(toks[None])[0]
+    live = intervene(model, tcs, toks, [], mode="live")
+    torch.testing.assert_close(live.logits.double(), real.double(), atol=1e-9, rtol=1e-9)
     assert count_hooks(model) == 0
 
 
@@ -332,6 +337,19 @@ def test_dashboards_and_weight_views_on_a_raw_bridge(hf_dir, tokenizer):
     WE = hf.transformer.wte.weight.detach()
     scores = ((WE - WE.mean(-1, keepdim=True)) * w2) @ tcs[1].W_enc[:, 6].detach()
     assert [t.token_id for t in de_embeddings(model, tcs[1], 6, k=4)] == torch.topk(scores, 4).indices.tolist()
+
+
+@pytest.mark.parametrize("kind", sorted(SITE_KINDS))
+def test_bridge_names_round_trip(kind):
+    site = Site(3, kind)
+    name = site.hook_name_in("bridge")
+    prefix, suffix = BRIDGE_SITE_KINDS[kind].split("{L}")
+    assert name == f"{prefix}3{suffix}"
+    # ln2.hook_in is both resid_mid and mlp_in_resid on a bridge (the same value): parses to the first
+    assert Site.parse(name) == (Site(3, "resid_mid") if kind == "mlp_in_resid" else site)
+    assert site.hook_name_in("hooked") == site.hook_name
+    with pytest.raises(ValueError, match="'jax'"):
+        site.hook_name_in("jax")
 
 
 def test_canonical_site_names_are_recorded_backend_neutral():
