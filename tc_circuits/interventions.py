@@ -25,6 +25,7 @@ from torch import Tensor
 
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
+from tc_circuits.models import backend
 from tc_circuits.models.sites import Site, global_hook
 
 
@@ -71,6 +72,12 @@ def intervene(
             raise ValueError(f"intervention on layer {iv.layer}, which has no transcoder")
         if not 0 <= iv.pos < P or not 0 <= iv.latent < tc.cfg.n_latents:
             raise ValueError(f"intervention {iv} out of range (n_pos={P}, n_latents={tc.cfg.n_latents})")
+    if mode == "frozen" and not backend.norm_scale_hooks_live(model):
+        raise ValueError(
+            "mode='frozen' needs writable norm-scale hooks; this TransformerBridge (TransformerLens "
+            f"{backend.tl_version()}, RMSNorm) runs Hugging Face's norm and ignores writes to hook_scale: "
+            "use TransformerLens >= 4, a HookedTransformer, or mode='live'"
+        )
     device = next(model.parameters()).device
     toks = tokens[None].to(device)
     frozen_names = set()

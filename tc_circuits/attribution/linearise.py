@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tc_circuits.models import backend
 from tc_circuits.models.sites import Site, global_hook
 from tc_circuits.coders.transcoder import Transcoder
 
@@ -223,10 +224,8 @@ class LinearisedModel:
             self.mlp_in.append(cache[Site(L, "mlp_in").hook_for(model)][0].detach())
             self.mlp_out.append(cache[Site(L, "mlp_out").hook_for(model)][0].detach())
         del cache
-        self.W_V = [model.blocks[L].attn.W_V.detach() for L in range(self.n_layers)]
-        self.b_V = [model.blocks[L].attn.b_V.detach() for L in range(self.n_layers)]
-        self.W_O = [model.blocks[L].attn.W_O.detach() for L in range(self.n_layers)]
-        self.b_O = [model.blocks[L].attn.b_O.detach() for L in range(self.n_layers)]
+        ov = [backend.attn_ov(model, L) for L in range(self.n_layers)]  # either backend; K/V heads expanded
+        self.W_V, self.b_V, self.W_O, self.b_O = ([o[i] for o in ov] for i in range(4))
         self._encode()
 
     # ------------------------------------------------------------------ transcoders
@@ -309,7 +308,8 @@ class LinearisedModel:
 
     def logits_at(self, ln_out: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
         """Unembed final-LN outputs: ``ln_out @ W_U + b_U``."""
-        return ln_out @ self.model.W_U.detach() + self.model.b_U.detach()
+        W_U, b_U = backend.unembed_weights(self.model)
+        return ln_out @ W_U + b_U
 
     # ------------------------------------------------------------------ backward
     @torch.no_grad()

@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models import backend
 
 
 def _rows(W: Tensor, idx: Tensor | list[int] | None) -> Tensor:
@@ -78,12 +79,12 @@ def ov_virtual_weights(
             f"head layer {layer} must lie after the source layer {src.cfg.layer} "
             f"and at or before the target layer {dst.cfg.layer}"
         )
-    attn = model.blocks[layer].attn
     dec = _center(_rows(src.W_dec.detach(), src_latents), center)
     w = _ln_w(model.blocks[layer].ln1)
     if w is not None:
         dec = dec * w
-    ov = attn.W_V[head].detach() @ attn.W_O[head].detach()
+    W = backend.attn_ov(model, layer)  # either backend, K/V heads expanded
+    ov = W.W_V[head] @ W.W_O[head]
     enc = _rows(dst.W_enc.detach().T, dst_latents)
     return _center(dec @ ov, center) @ enc.T
 

@@ -19,7 +19,9 @@ Hook *names* per backend are built in :mod:`tc_circuits.models.sites` (``Site.ho
   a bridge records nothing in TL 3 and only "processed or not" in TL 4, so we record the flags
   we applied in :func:`process_bridge` and otherwise read them off the norms);
 * the model's name as checkpoints record it (:func:`model_name`), its device, its tokenizer;
-* hook bookkeeping that aliases would double-count (:func:`hook_points`, :func:`count_hooks`);
+* hook bookkeeping that aliases would double-count (:func:`hook_points`, :func:`count_hooks`),
+  and whether norm-scale hooks can be written (:func:`norm_scale_hooks_live`: not on TL 3's
+  bridge for RMSNorm models);
 * loading: :func:`load_bridge` boots a bridge offline from a local HF folder or an in-memory
   HF model; :func:`hooked_transformer_class` imports ``HookedTransformer`` with a clear error
   on TL 4.
@@ -96,6 +98,30 @@ def hook_points(model: Any) -> dict[int, HookPoint]:
 def count_hooks(model: Any) -> int:
     """Number of forward hooks currently on ``model`` (0 on a clean model), aliases counted once."""
     return sum(len(hp.fwd_hooks) for hp in hook_points(model).values())
+
+
+@torch.no_grad()
+def norm_scale_hooks_live(model: Any) -> bool:
+    """Whether writing a norm's ``hook_scale`` changes the forward pass (needed to freeze it).
+
+    Always on a HookedTransformer. A TL 3.x bridge runs Hugging Face's own norm for RMSNorm
+    models (``use_native_layernorm_autograd``) and only *reports* the scale; TL 4 recomputes
+    from the hook. Found out once per model with a one-token forward pass.
+    """
+    if not is_bridge(model):
+        return True
+    cached = getattr(model, "_tc_norm_hooks_live", None)
+    if cached is not None:
+        return cached
+    name = "blocks.0.ln1.hook_scale"
+    if name not in model.hook_dict or model.cfg.normalization_type is None:
+        live = True
+    else:
+        toks = torch.zeros(1, 1, dtype=torch.long, device=device(model))
+        base = model(toks)
+        live = not torch.equal(base, model.run_with_hooks(toks, fwd_hooks=[(name, lambda x, hook: 2 * x)]))
+    object.__setattr__(model, "_tc_norm_hooks_live", live)
+    return live
 
 
 # ----------------------------------------------------------------------------- weights
@@ -175,10 +201,42 @@ def _expand_kv(t: Tensor, n_heads: int) -> Tensor:
     return t.repeat_interleave(n_heads // t.shape[0], dim=0)
 
 
+@torch.no_grad()
+def _affine_map(module: Any, d_in: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(W [d_in, d_out], b [d_out])`` of an affine module, read off its forward pass.
+
+    Pushing the identity (and zero) through the module gives its matrix whatever the storage
+    (``nn.Linear``'s ``[out, in]``, GPT-2's ``Conv1D`` ``[in, out]``, processed or not).
+    """
+    eye = torch.eye(d_in, dtype=like.dtype, device=like.device)
+    out = module(torch.cat([eye, torch.zeros(1, d_in, dtype=like.dtype, device=like.device)]))
+    return out[:-1] - out[-1], out[-1]
+
+
+def _bridge_ov(model: Any, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A bridge's OV weights from the ``v`` and ``o`` linear maps its attention actually runs.
+
+    (TL 3.2.1's ``W_O`` property reshapes an ``nn.Linear`` ``o_proj`` without transposing it;
+    the forward pass is the ground truth: ``hook_z`` is ``o``'s input, ``hook_v`` ``v``'s output.)
+    """
+    attn = model.blocks[layer].attn
+    cfg = model.cfg
+    d, h, dh = int(cfg.d_model), int(cfg.n_heads), int(cfg.d_head)
+    like = model.embed.W_E
+    W_v, b_v = _affine_map(getattr(attn.v, "original_component", attn.v), d, like)
+    W_o, b_o = _affine_map(getattr(attn.o, "original_component", attn.o), h * dh, like)
+    n_kv = W_v.shape[1] // dh
+    W_V = W_v.reshape(d, n_kv, dh).permute(1, 0, 2)
+    return W_V, b_v.reshape(n_kv, dh), W_o.reshape(h, dh, d), b_o
+
+
 def attn_ov(model: Any, layer: int) -> AttnOV:
     """``W_V [h, d, dh]``, ``b_V [h, dh]``, ``W_O [h, dh, d]``, ``b_O [d]`` of block ``layer``."""
-    attn = model.blocks[layer].attn
     n_heads = int(model.cfg.n_heads)
+    if is_bridge(model):
+        W_V, b_V, W_O, b_O = _bridge_ov(model, layer)
+        return AttnOV(_expand_kv(W_V, n_heads), _expand_kv(b_V, n_heads), W_O, b_O)
+    attn = model.blocks[layer].attn
     W_O = attn.W_O.detach()
     W_V = _expand_kv(attn.W_V.detach(), n_heads)
     b_V = _detached(attn.b_V)
@@ -210,14 +268,31 @@ def unembed_weights(model: Any) -> tuple[Tensor, Tensor]:
     return W_U, b_U
 
 
+def _output_last(bridge_linear: Any) -> Tensor:
+    """The stored weight of a bridge's linear map as a view with the output dimension last."""
+    m = getattr(bridge_linear, "original_component", bridge_linear)
+    if type(m).__name__ == "Conv1D":  # GPT-2: [in, out]
+        return m.weight
+    if isinstance(m, torch.nn.Linear):  # [out, in]
+        return m.weight.T
+    raise ValueError(f"cannot read the weight of a {type(m).__name__} writing to the residual stream")
+
+
 def writing_weights(model: Any) -> list[Tensor]:
-    """Per-layer matrices that write to the residual stream: ``W_E``, ``W_pos``, each ``W_O``, ``W_out``."""
+    """Per-layer matrices that write to the residual stream (``W_E``, ``W_pos``, each ``W_O``,
+    ``W_out``), each with ``d_model`` last; the stored tensors (views), so their versions tell
+    when they change."""
     W_E, W_pos = embed_weights(model)
     ws = [W_E] + ([W_pos] if W_pos is not None else [])
+    bridge = is_bridge(model)
     for block in model.blocks:
-        ws.append(block.attn.W_O)
+        ws.append(_output_last(block.attn.o) if bridge else block.attn.W_O)
         mlp = getattr(block, "mlp", None)
-        if mlp is not None and getattr(mlp, "W_out", None) is not None:
+        if mlp is None:
+            continue
+        if bridge and getattr(mlp, "out", None) is not None:
+            ws.append(_output_last(mlp.out))
+        elif getattr(mlp, "W_out", None) is not None:
             ws.append(mlp.W_out)
     return ws
 
@@ -432,6 +507,7 @@ __all__ = [
     "mlp_weights",
     "model_name",
     "norm_kind",
+    "norm_scale_hooks_live",
     "norm_weights",
     "process_bridge",
     "recorded_processing",
