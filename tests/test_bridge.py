@@ -303,13 +303,15 @@ def test_attribution_exact_and_edges_match_interventions(hf_dir, llama_dir, toke
 
 
 @needs_hooked
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("processed", [False, True])
-def test_same_weights_same_graph_on_both_backends(hf_dir, tokenizer, processed):
+def test_same_weights_same_graph_on_both_backends(hf_dir, llama_dir, tokenizer, processed, family):
     from tc_circuits.models.loading import load_model
 
-    ht = load_model(hf_dir, fold_ln=processed, center_writing_weights=processed, center_unembed=processed,
+    folder = hf_dir if family == "gpt2" else llama_dir
+    ht = load_model(folder, fold_ln=processed, center_writing_weights=processed, center_unembed=processed,
                     dtype="float64", tokenizer=tokenizer)
-    br = _bridge(hf_dir, tokenizer, processed=processed)
+    br = _bridge(folder, tokenizer, processed=processed)
     assert weight_processing(ht) == weight_processing(br)
     tcs = _transcoders(br)
     for tc in tcs.values():
