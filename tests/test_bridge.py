@@ -26,7 +26,7 @@ from tc_circuits.evaluation.splice import count_hooks, run_spliced, splice  # no
 from tc_circuits.interventions import intervene  # noqa: E402
 from tc_circuits.models import backend  # noqa: E402
 from tc_circuits.models.model_info import weight_processing  # noqa: E402
-from tc_circuits.models.sites import BRIDGE_SITE_KINDS, SITE_KINDS, Site, global_hook  # noqa: E402
+from tc_circuits.models.sites import BRIDGE_SITE_KINDS, Site, global_hook  # noqa: E402
 
 HAS_HOOKED = backend.tl_major() < 4
 needs_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="HookedTransformer was removed in TransformerLens 4")
@@ -120,7 +120,7 @@ def test_hook_names_canonical_and_legacy(hf_dir, tokenizer, processed):
     model = _bridge(hf_dir, tokenizer, processed=processed)
     assert backend.backend_of(model) == "bridge"
     hd = model.hook_dict
-    for kind in SITE_KINDS:
+    for kind in BRIDGE_SITE_KINDS:
         site = Site(1, kind)
         name = site.hook_for(model)
         assert name == BRIDGE_SITE_KINDS[kind].format(L=1) and name in hd, kind
@@ -368,7 +368,7 @@ def test_dashboards_and_weight_views_on_a_raw_bridge(hf_dir, tokenizer):
     assert [t.token_id for t in de_embeddings(model, tcs[1], 6, k=4)] == torch.topk(scores, 4).indices.tolist()
 
 
-@pytest.mark.parametrize("kind", sorted(SITE_KINDS))
+@pytest.mark.parametrize("kind", sorted(BRIDGE_SITE_KINDS))
 def test_bridge_names_round_trip(kind):
     site = Site(3, kind)
     name = site.hook_name_in("bridge")

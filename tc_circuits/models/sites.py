@@ -123,7 +123,8 @@ class Site:
         """The hook name of this site on a ``backend`` (``"hooked"`` or ``"bridge"``) model."""
         if backend not in _TEMPLATES:
             raise ValueError(f"unknown backend {backend!r}; expected one of {sorted(_TEMPLATES)}")
-        return _TEMPLATES[backend][0][self.kind].format(L=self.layer)
+        # a kind without a bridge template keeps its legacy name (the bridge's aliases)
+        return _TEMPLATES[backend][0].get(self.kind, SITE_KINDS[self.kind]).format(L=self.layer)
 
     def hook_for(self, model) -> str:
         """The hook name of this site on ``model`` (a HookedTransformer or a TransformerBridge)."""
