@@ -41,15 +41,14 @@ def _model_and_source(args: argparse.Namespace, cfg: TrainConfig):
         model = load_organism()
         seq_len = args.seq_len or min(int(model.cfg.n_ctx), 128)
         return model, partial(organism_token_source, cfg.seed, args.source_batch_rows, seq_len)
-    from transformer_lens import HookedTransformer
-
+    from tc_circuits.models.loading import load_model
     from tc_circuits.training.data import as_token_factory, tokens_from_hf_dataset
 
     if args.dataset is None:
         raise ValueError("--dataset (a local datasets folder) is required for models other than 'organism'")
     import datasets
 
-    model = HookedTransformer.from_pretrained(args.model)
+    model = load_model(args.model)  # a local HF folder or a Hub name; a TransformerBridge on TL 4
     seq_len = args.seq_len or min(int(model.cfg.n_ctx), 128)
     tokens = tokens_from_hf_dataset(
         datasets.load_from_disk(args.dataset), model, seq_len, text_column=args.text_column
