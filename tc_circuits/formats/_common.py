@@ -31,7 +31,7 @@ def tl_model_name(name: str | None) -> str | None:
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
         return get_official_model_name(str(name)).split("/")[-1]
-    except ValueError:
+    except (ValueError, ImportError):  # ImportError: TransformerLens 4 has no HookedTransformer loader
         return str(name)
 
 
