@@ -32,6 +32,7 @@ from torch import Tensor
 
 from tc_circuits.attribution.engine import to_tokens
 from tc_circuits.attribution.linearise import check_transcoders
+from tc_circuits.models import backend
 from tc_circuits.models.block_plan import block_plan
 from tc_circuits.models.safe_hooks import hooks_restored, temporary_hooks
 from tc_circuits.models.sites import Site
@@ -91,20 +92,26 @@ def intervene(
             raise ValueError(f"intervention {iv} out of range (n_pos={P}, n_latents={tc.cfg.n_latents})")
         if not math.isfinite(float(iv.value)):
             raise ValueError(f"intervention {iv}: value must be a finite number, got {iv.value!r}")
+    if mode == "frozen" and not backend.norm_scale_hooks_live(model):
+        raise ValueError(
+            "mode='frozen' needs writable norm-scale hooks; this TransformerBridge (TransformerLens "
+            f"{backend.tl_version()}, RMSNorm) runs Hugging Face's norm and ignores writes to hook_scale: "
+            "use TransformerLens >= 4, a HookedTransformer, or mode='live'"
+        )
     device = next(model.parameters()).device
     toks = tokens[None].to(device)
     # every norm scale the block plan freezes (ln1, ln2, attention post-norms, ln_final) + patterns
     frozen_names = set(block_plan(model).frozen_scale_hooks())
-    frozen_names |= {Site(L, "attn_pattern").hook_name for L in range(model.cfg.n_layers)}
-    io_names = {Site(L, k).hook_name for L in transcoders for k in ("mlp_in", "mlp_out")}
+    frozen_names |= {Site(L, "attn_pattern").hook_for(model) for L in range(model.cfg.n_layers)}
+    io_names = {Site(L, k).hook_for(model) for L in transcoders for k in ("mlp_in", "mlp_out")}
     with torch.no_grad(), hooks_restored(model):  # an interrupt never leaves a caching hook
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in frozen_names | io_names)
         clean_lat, errors = {}, {}
         for L, tc in transcoders.items():
-            x = cache[Site(L, "mlp_in").hook_name]
+            x = cache[Site(L, "mlp_in").hook_for(model)]
             out = tc(x.to(tc.W_enc.dtype))
             clean_lat[L] = out.latents
-            errors[L] = cache[Site(L, "mlp_out").hook_name] - out.output.to(x.dtype)
+            errors[L] = cache[Site(L, "mlp_out").hook_for(model)] - out.output.to(x.dtype)
 
     captured: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
@@ -130,7 +137,7 @@ def intervene(
             acts[L], pres[L] = lat[0].detach(), pre[0].detach()
             return (tc.decode(lat, x) + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
 
-        hooks += [(Site(L, "mlp_in").hook_name, capture), (Site(L, "mlp_out").hook_name, replace)]
+        hooks += [(Site(L, "mlp_in").hook_for(model), capture), (Site(L, "mlp_out").hook_for(model), replace)]
     with torch.no_grad(), temporary_hooks(model, hooks):
         logits = model(toks)
     return InterventionResult(logits[0].detach(), acts, pres)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from attribution_helpers import make_model64, make_transcoders
 from conftest import make_tiny_model
 from safetensors.torch import save_file
@@ -118,10 +119,12 @@ def _write_ct(tmp_path, tiny, entry) -> Path:
 
     model, tcs = tiny
     root = tmp_path / "ct"
-    save_circuit_tracer({0: tcs[0]}, root, model_name="tiny-test")
-    cfg = (root / "config.yaml").read_text().replace("layer_0.safetensors", entry)
-    (root / "config.yaml").write_text(cfg)
-    (tmp_path / "outside").mkdir(exist_ok=True)
+    save_circuit_tracer({0: tcs[0]}, root, model_name="tiny-test", allow_topk=True)
+    raw = yaml.safe_load((root / "config.yaml").read_text())
+    raw["transcoders"] = [entry]
+    (root / "config.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "outside").mkdir(exist_ok=True)  # the layer file lives outside the folder only
+    os.replace(root / Path(entry).name, tmp_path / "outside" / Path(entry).name)
     return root
 
 
@@ -478,7 +481,7 @@ CASES = [
     ("folder_locked", _case_folder_locked, OutDirInUse, "is in use by pid"),
     # (6) path traversal
     ("circuit_tracer_parent_path", _case_ct_parent_path, ValueError, "points outside"),
-    ("circuit_tracer_absolute_path", _case_ct_absolute_path, ValueError, "must be relative"),
+    ("circuit_tracer_absolute_path", _case_ct_absolute_path, ValueError, "points outside"),
     # (7) config types and checksums
     ("cfg_skip_string", _case_cfg_skip_string, ValueError, "skip must be true or false"),
     ("cfg_processing_string", _case_cfg_processing_string, ValueError, "weight_processing['fold_ln'] must be true or false"),

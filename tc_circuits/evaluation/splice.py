@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models import backend
 from tc_circuits.models.safe_hooks import temporary_hooks
 from tc_circuits.validate import check_spliceable
 
@@ -115,11 +116,11 @@ def select_layers(
     return {layer: transcoders[layer] for layer in layers}
 
 
-def _make_hooks(state: SpliceState, retain_grad: bool) -> list[tuple[str, Any]]:
+def _make_hooks(state: SpliceState, retain_grad: bool, model: Any) -> list[tuple[str, Any]]:
     hooks: list[tuple[str, Any]] = []
     pending: dict[int, Tensor] = {}
     for layer, tc in state.transcoders.items():
-        in_name, out_name = tc.cfg.input_site, tc.cfg.output_site
+        in_name, out_name = tc.cfg.in_site.hook_for(model), tc.cfg.out_site.hook_for(model)
 
         def run_tc(x: Tensor, y: Tensor, layer: int = layer, tc: Transcoder = tc) -> Tensor:
             p = tc.W_enc
@@ -209,7 +210,7 @@ def splice(
     chosen = select_layers(as_transcoder_dict(transcoders), layers)
     check_transcoders(model, chosen)
     state = SpliceState(transcoders=chosen, error_term=error_term)
-    hooks = _make_hooks(state, retain_grad)
+    hooks = _make_hooks(state, retain_grad, model)
     with temporary_hooks(model, hooks):  # model.hooks() + removal that survives an interrupt
         yield state
 
@@ -229,7 +230,7 @@ def run_spliced(
 
 def count_hooks(model: HookedTransformer) -> int:
     """Number of forward hooks currently on ``model`` (0 on a clean model)."""
-    return sum(len(hp.fwd_hooks) for hp in model.hook_dict.values())
+    return backend.count_hooks(model)
 
 
 __all__ = [

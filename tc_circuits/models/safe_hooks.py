@@ -16,7 +16,10 @@ from typing import Any
 
 
 def _snapshot(points) -> dict[int, tuple[Any, set, list]]:
-    return {id(hp): (hp, set(hp._forward_hooks.keys()), list(hp.fwd_hooks)) for hp in points}
+    return {
+        id(hp): (hp, set(hp._forward_hooks.keys()), list(hp.fwd_hooks))
+        for hp in points if hasattr(hp, "_forward_hooks") and hasattr(hp, "fwd_hooks")
+    }
 
 
 def _restore(snap: dict[int, tuple[Any, set, list]]) -> None:
@@ -31,12 +34,8 @@ def _restore(snap: dict[int, tuple[Any, set, list]]) -> None:
 @contextmanager
 def temporary_hooks(model, fwd_hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
     """Add ``fwd_hooks`` (``(hook name, fn)``) to ``model``'s hook points for the ``with`` body."""
-    points = []
-    for name, _ in fwd_hooks:
-        if name not in model.hook_dict:
-            raise ValueError(f"hook point {name!r} does not exist in this model")
-        points.append(model.hook_dict[name])
-    snap = _snapshot(points)
+    hook_dict = getattr(model, "hook_dict", {})
+    snap = _snapshot([hook_dict[name] for name, _ in fwd_hooks if isinstance(name, str) and name in hook_dict])
     try:
         with model.hooks(fwd_hooks=list(fwd_hooks)):  # TransformerLens' context levels, as before
             yield
