@@ -69,7 +69,8 @@ def test_auroc_matches_pairwise_definition():
     y = torch.rand(200, generator=g) < 0.3
     pos, neg = s[y], s[~y]
     ref = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean()
-    assert auroc(s, y) == pytest.approx(float(ref), abs=1e-12)
+    assert auroc(s, y) == pytest.approx(float(ref), abs=1e-12)  # sparse (non-negative) path
+    assert auroc(s - 2.5, y) == pytest.approx(float(ref), abs=1e-12)  # general path
     with pytest.raises(ValueError, match="both classes"):
         auroc(s, torch.zeros(200, dtype=torch.bool))
 

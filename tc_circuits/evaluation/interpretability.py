@@ -37,17 +37,27 @@ def auroc(scores: Float[Tensor, " n"], labels: Bool[Tensor, " n"]) -> float:
     if n_pos == 0 or n_pos == n:
         raise ValueError(f"AUROC needs both classes; got {n_pos} positives of {n}")
     s = scores.double()
+    if bool((s >= 0).all()):
+        # Sparse latents: rank only the non-zero scores; the zeros are one tie group.
+        nz = s > 0
+        zp, zn = int((~nz & labels).sum()), int((~nz & ~labels).sum())
+        n_neg = n - n_pos
+        pairs = _mann_whitney(s[nz], labels[nz]) + (n_pos - zp) * zn + 0.5 * zp * zn
+        return float(pairs / (n_pos * n_neg))
+    return float(_mann_whitney(s, labels) / (n_pos * (n - n_pos)))
+
+
+def _mann_whitney(s: Tensor, labels: Tensor) -> float:
+    """Number of (positive, negative) pairs ordered correctly, ties counting one half."""
+    n_pos, n = int(labels.sum()), int(labels.numel())
+    if n_pos == 0 or n_pos == n:
+        return 0.0
     order = torch.argsort(s)
-    sorted_s = s[order]
+    _, inverse, counts = torch.unique_consecutive(s[order], return_inverse=True, return_counts=True)
+    avg = torch.cumsum(counts, 0).double() - (counts.double() - 1) / 2  # mean rank of each tie group
     ranks = torch.empty(n, dtype=torch.float64)
-    ranks[order] = torch.arange(1, n + 1, dtype=torch.float64)
-    # average the ranks of tied values
-    uniq, inverse, counts = torch.unique_consecutive(sorted_s, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg = ends - (counts.double() - 1) / 2
     ranks[order] = avg[inverse]
-    r_pos = ranks[labels].sum()
-    return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos)))
+    return float(ranks[labels].sum() - n_pos * (n_pos + 1) / 2)
 
 
 class DetectionCounts:

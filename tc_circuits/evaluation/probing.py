@@ -31,7 +31,7 @@ from tc_circuits.evaluation.interpretability import DetectionCounts
 
 
 def fit_logistic(
-    x: Float[Tensor, "n d"], y: Bool[Tensor, " n"], *, l2: float = 1e-3, steps: int = 100
+    x: Float[Tensor, "n d"], y: Bool[Tensor, " n"], *, l2: float = 1e-3, steps: int = 50
 ) -> tuple[Float[Tensor, " d"], float, Float[Tensor, " d"], Float[Tensor, " d"]]:
     """L2-regularised logistic regression (LBFGS) on standardised ``x``: (w, b, mean, std)."""
     x = x.double()
@@ -63,7 +63,7 @@ def probe_accuracy(
 
 
 def balanced_split(
-    y: Bool[Tensor, " n"], *, max_per_class: int = 2000, seed: int = 0
+    y: Bool[Tensor, " n"], *, max_per_class: int = 1000, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Indices of a balanced train and test split (half of each class each)."""
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +97,7 @@ def sparse_probe(
     ks: tuple[int, ...] = (1, 2, 5, 10),
     raw: Float[Tensor, "n d"] | None = None,
     name: str = "",
-    max_per_class: int = 2000,
+    max_per_class: int = 1000,
     seed: int = 0,
 ) -> ProbeResult:
     """k-sparse probes for variable ``y`` (see the module docstring)."""
