@@ -8,8 +8,10 @@ Phases of :func:`faithfulness`:
    (:func:`tc_circuits.graph.prune.node_influence`);
 2. **ablations** -- for every fraction ``f`` of :data:`FRACTIONS`, the top
    ``n = ceil(f N)`` of the prompt's ``N`` active features are set to zero
-   (:func:`tc_circuits.interventions.intervene`; other latents recomputed; the clean run's
-   reconstruction error held constant), in ``frozen`` mode (attention patterns and LN scales of
+   (:func:`tc_circuits.interventions.intervene`; other latents recomputed from their changed
+   inputs, so latents silent in the clean run may switch on -- ``recompute_features=False``
+   holds them at their clean values instead; the clean run's reconstruction error held
+   constant), in ``frozen`` mode (attention patterns and LN scales of
    the clean run: the graph's own linearised model) and ``live`` mode (the real model);
    the same with ``n_random`` random orders of the same features as the baseline;
 3. **summary** -- per prompt the *explained drop* ``d(f) = (m(0) - m(f)) / (m(0) - m(1))``
@@ -91,10 +93,10 @@ def ranked_features(graph: AttributionGraph) -> list[tuple[int, int, int]]:
     return [(int(n.layer[i]), int(n.pos[i]), int(n.latent[i])) for i in order]
 
 
-def ablation_metric(model, transcoders, tokens, direction, feats, mode: str) -> float:
+def ablation_metric(model, transcoders, tokens, direction, feats, mode: str, *, recompute_features: bool = True) -> float:
     """The linear metric after setting features ``feats`` to zero."""
     ivs = [FeatureIntervention(L, p, z, 0.0) for L, p, z in feats]
-    res = intervene(model, transcoders, tokens, ivs, mode=mode, recompute_features=True)
+    res = intervene(model, transcoders, tokens, ivs, mode=mode, recompute_features=recompute_features)
     return float(res.logits[-1].double() @ direction.double().to(res.logits.device))
 
 
@@ -108,6 +110,7 @@ def faithfulness(
     modes: tuple[str, ...] = ("frozen", "live"),
     n_random: int = 3,
     seed: int = 0,
+    recompute_features: bool = True,
 ) -> FaithfulnessResult:
     """Ablation curves of the task's graphs (see the module docstring)."""
     if fractions[0] != 0.0 or fractions[-1] != 1.0 or list(fractions) != sorted(fractions):
@@ -133,7 +136,8 @@ def faithfulness(
             for name, order_list in orders.items():
                 curves = []
                 for order in order_list:
-                    ms = [ablation_metric(model, transcoders, toks, d, order[: math.ceil(f * N)], mode) for f in fractions]
+                    ms = [ablation_metric(model, transcoders, toks, d, order[: math.ceil(f * N)], mode,
+                                          recompute_features=recompute_features) for f in fractions]
                     curves.append(ms)
                 ms = [sum(c[j] for c in curves) / len(curves) for j in range(len(fractions))]
                 span = ms[0] - ms[-1]
@@ -151,4 +155,18 @@ def faithfulness(
     return FaithfulnessResult(curves, len(prompts), sum(n_feats) / len(n_feats))
 
 
-__all__ = ["FRACTIONS", "FaithfulnessCurve", "FaithfulnessResult", "ablation_metric", "faithfulness", "ranked_features"]
+__all__ = ["COMPARE_FRACTIONS", "FRACTIONS", "FaithfulnessCurve", "compare_faithfulness", "FaithfulnessResult", "ablation_metric", "faithfulness", "ranked_features"]
+
+
+#: The coarser grid ``tc-circuits compare`` uses (fewer forward passes per prompt).
+COMPARE_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def compare_faithfulness(model, transcoders: dict, task, *, n_prompts: int = 4, n_random: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Faithfulness of ``n_prompts`` evenly spaced prompts of ``task`` (the compare hook)."""
+    n = task.tokens.shape[0]
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    idx = sorted({round(i * (n - 1) / max(1, n_prompts - 1)) for i in range(min(n_prompts, n))})
+    return faithfulness(model, transcoders, task, prompts=idx, fractions=COMPARE_FRACTIONS,
+                        n_random=n_random, seed=seed).to_dict()

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(CompareConfig, args)
     from tc_circuits.viz.compare_report import write_outputs
 
-    result = run_compare(cfg)
+    from tc_circuits.circuits.faithfulness import compare_faithfulness
+
+    result = run_compare(cfg, graph_metrics=compare_faithfulness)
     write_outputs(result, Path(cfg.out_dir))
     print(result.to_markdown())
     for name, path in result.files.items():

@@ -88,6 +88,9 @@ class Trainer:
 
     ``token_factory`` is a zero-argument callable returning a fresh, identical stream of
     ``[batch, seq]`` token tensors per call (or anything :func:`as_token_factory` accepts).
+    ``store`` replaces the activation store with any iterator of ``{layer: PairBatch}`` that
+    also has ``buffer_outputs()``, ``state_dict()`` and ``load_state_dict()`` (data that does
+    not come from the model, e.g. a synthetic benchmark); ``token_factory`` is then unused.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Trainer:
         *,
         resume: bool = False,
         progress: bool = True,
+        store: Any = None,
     ):
         self.model, self.cfg, self.progress = model, cfg, progress
         self.dist = dist_info()
@@ -120,7 +124,7 @@ class Trainer:
             )
             tc = Transcoder(tc_cfg, seed=cfg.seed * 1_000 + layer)
             self.transcoders[layer] = tc.to(device)
-        self.store = ActivationStore(
+        self.store = store if store is not None else ActivationStore(
             model,
             {layer: (tc.cfg.input_site, tc.cfg.output_site) for layer, tc in self.transcoders.items()},
             as_token_factory(token_factory),
