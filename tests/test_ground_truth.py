@@ -136,6 +136,7 @@ def test_absorption_on_hand_built_split():
     z = torch.zeros(n, 4)
     z[:600, 0] = 1.0
     z[600:900, 1] = 1.0
+    z[950, 3] = 1.0  # fires once on G: too rare to count as specific (min_active=5)
     z[2000:2100, 0] = 1.0  # main latent's false positives
     z[:, 2] = (torch.arange(n) % 2 == 0).float()  # unspecific latent
     res = absorption(z, y, name="G")

@@ -164,6 +164,10 @@ COMPARE_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 def compare_faithfulness(model, transcoders: dict, task, *, n_prompts: int = 4, n_random: int = 2, seed: int = 0) -> dict[str, Any]:
     """Faithfulness of ``n_prompts`` evenly spaced prompts of ``task`` (the compare hook)."""
+    if any(tc.cfg.is_sae for tc in transcoders.values()):
+        # An SAE reconstructs hook_mlp_out from itself: there is no MLP input -> output map to
+        # linearise, so the engine builds no graph for it (and there is nothing to ablate).
+        return {"skipped": "SAE dictionaries have no attribution graph (the engine needs mlp_in -> mlp_out)"}
     n = task.tokens.shape[0]
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")

@@ -13,8 +13,8 @@ latents reach it has isolated the variable.
 *main* latent). On the tokens where ``G`` holds, the main latent is silent on some; a
 token is **absorbed** when the main latent is silent there but another latent is active that
 is *specific* to a part of ``G``: its precision for ``G`` is at least ``precision_min`` and
-its recall of ``G`` at most ``recall_max`` (a specific-year latent standing in for "year in
-the 1700s"). Reported: the main latent's recall, the absorption rate (absorbed / holds) and
+its recall of ``G`` at most ``recall_max``, and it is active on at least ``min_active``
+tokens (a specific-year latent standing in for "year in the 1700s"). Reported: the main latent's recall, the absorption rate (absorbed / holds) and
 the miss rate (silent main latent, nothing specific active). Chanin et al. (2024) measure it
 with a probe direction on the first-letter task; here the labels replace the probe.
 """
@@ -144,6 +144,7 @@ def absorption(
     name: str = "",
     precision_min: float = 0.9,
     recall_max: float = 0.5,
+    min_active: int = 5,
 ) -> AbsorptionResult:
     """Absorption of variable ``y`` (see the module docstring)."""
     if int(y.sum()) == 0:
@@ -153,7 +154,7 @@ def absorption(
     f1 = counts.f1()[:, 0]
     main = int(f1.argmax())
     prec, rec = counts.precision()[:, 0], counts.recall()[:, 0]
-    specific = (prec >= precision_min) & (rec <= recall_max) & (counts.n_active > 0)
+    specific = (prec >= precision_min) & (rec <= recall_max) & (counts.n_active >= min_active)
     specific[main] = False
     on = active[y]
     main_on = on[:, main]
