@@ -25,8 +25,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="reduced", choices=("tiny", "reduced", "16k"))
     p.add_argument("--activations", nargs="+", default=["topk", "relu", "jumprelu"])
-    p.add_argument("--k", type=int, default=25, help="TopK k (the published L0)")
-    p.add_argument("--train-samples", type=int, default=2_000_000)
+    p.add_argument("--k", type=int, default=None,
+                   help="TopK k (default: 25 at 16k, else the published SAE/true L0 ratio 25/34 times the true L0)")
+    p.add_argument("--train-samples", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--eval-samples", type=int, default=50_000)
     p.add_argument("--l1-coefficient", type=float, default=0.6)
@@ -42,7 +43,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = (f"python bench/synthsaebench.py --size {a.size} --train-samples {a.train_samples} "
-           f"--batch-size {a.batch_size} --k {a.k} --device {a.device}")
+           f"--batch-size {a.batch_size} --device {a.device}" + (f" --k {a.k}" if a.k else ""))
     header = f"# SynthSAEBench ({a.size})\n\n`{cmd}` on {platform.processor() or platform.machine()}\n\n"
     (out / f"synthsaebench_{a.size}.md").write_text(header + table)
     (out / f"synthsaebench_{a.size}.json").write_text(json.dumps([r.flat() | {"metrics": r.metrics} for r in rows], indent=1))
