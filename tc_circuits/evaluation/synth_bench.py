@@ -9,7 +9,8 @@ Phases of :func:`run_synth_bench`:
 
 1. **build** the synthetic model locally from :func:`bench_config` (``size="16k"`` is the
    published SynthSAEBench-16k configuration; ``"reduced"`` keeps its proportions at 4096
-   features / 192 dims so it trains on a CPU in minutes). Nothing is downloaded.
+   features / 192 dims, firing probabilities of the 16k model's 4096 most frequent features,
+so it trains on a CPU in minutes). Nothing is downloaded.
 2. **train** one SAE per activation (TopK, ReLU, JumpReLU) with
    :class:`tc_circuits.training.trainer.Trainer` fed by :class:`SyntheticPairStore` (samples
    drawn from the benchmark's own generator under a private RNG state).
@@ -55,10 +56,15 @@ def bench_config(size: str = "reduced", seed: int = 42):
     if size not in sizes:
         raise ValueError(f"size must be one of {sorted(sizes)}, got {size!r}")
     n, d, roots, rank = sizes[size]
+    # Smaller sizes take the firing probabilities of the 16k model's n most frequent features
+    # (sae-lens rescales 1/sqrt(rank) affinely onto [min_prob, max_prob], so the first n of
+    # the 16k law are exactly the n-feature law with this min_prob).
+    full = 16_384
+    min_prob = 5e-4 + (0.4 - 5e-4) * (n**-0.5 - full**-0.5) / (1 - full**-0.5)
     return SyntheticModelConfig(
         num_features=n,
         hidden_dim=d,
-        firing_probability=ZipfianFiringProbabilityConfig(exponent=0.5, max_prob=0.4, min_prob=5e-4),
+        firing_probability=ZipfianFiringProbabilityConfig(exponent=0.5, max_prob=0.4, min_prob=min_prob),
         hierarchy=HierarchyConfig(total_root_nodes=roots, branching_factor=4, max_depth=3, mutually_exclusive_portion=1.0),
         orthogonalization=OrthogonalizationConfig(num_steps=100, lr=3e-4),
         correlation=LowRankCorrelationConfig(rank=rank, correlation_scale=0.1),
