@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LayerMetrics", "TrainConfig", "TrainResult", "Trainer", "train_transcoders"]
 
 #: Config fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("out_dir", "checkpoint_every", "log_every", "device")
+RESUMABLE_CHANGES = ("out_dir", "checkpoint_every", "log_every", "device", "strict")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,8 @@ class Trainer:
     ):
         self.model, self.cfg, self.progress = model, cfg, progress
         self.dist = dist_info()
+        if self.dist.is_main or cfg.strict:
+            cfg.check_budget()  # before any work: warnings (or, strict, an error) for budgets that cannot work
         if cfg.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size={cfg.batch_size} must divide evenly over world_size={self.dist.world_size}"
@@ -133,6 +135,7 @@ class Trainer:
             exclude_bos=cfg.exclude_bos,
             seed=cfg.seed,
             device=device,
+            prefetch=cfg.prefetch,
         )
         self.params = [p for layer in self.layers for p in self.transcoders[layer].parameters()]
         self.optimizer = torch.optim.Adam(
@@ -313,6 +316,7 @@ class Trainer:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
                     self._save()
         finally:
+            self.store.close()  # the background fill runs the model: stop it before anyone else does
             bar.close()
         self._close_window()
         if cfg.out_dir is not None:
