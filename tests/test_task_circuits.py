@@ -117,3 +117,16 @@ def test_faithfulness_frozen_all_ablated_equals_non_feature_edges():
         assert 0 <= c.auc_random <= 1.5
     with pytest.raises(ValueError, match="fractions"):
         faithfulness(model, tcs, task, fractions=(0.5, 1.0))
+
+
+def test_prompt_set_graph_views_saves_and_loads(tmp_path):
+    from tc_circuits.viz.interactive import prompt_set_view
+
+    model = make_model64()
+    tcs = make_transcoders(model)
+    ps = task_graph(model, tcs, TinyTask(), role_names={3: "X"})
+    assert ps.graph.metadata["position_roles"][3] == "X"
+    view = prompt_set_view(ps.graph)
+    assert view is not None
+    loaded = type(ps.graph).load(ps.graph.save(tmp_path / "g"))
+    assert torch.equal(loaded.edge_weight, ps.graph.edge_weight) and loaded.prompt_strings == ps.graph.prompt_strings

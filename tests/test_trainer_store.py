@@ -35,6 +35,9 @@ class PlantedStore:
     def load_state_dict(self, state):
         raise NotImplementedError
 
+    def close(self):
+        self.closed = True
+
 
 def test_trainer_trains_on_an_external_store():
     host = host_model(16)
@@ -44,7 +47,7 @@ def test_trainer_trains_on_an_external_store():
     cfg = TrainConfig(layers=(0,), kind="sae", n_latents=64, k=3, lr=3e-3, warmup_steps=5, batch_size=256,
                       total_tokens=256 * 200, buffer_tokens=256, checkpoint_every=0, normalize_decoder=True)
     res = Trainer(host, None, cfg, progress=False, store=store).run()
-    assert store.calls == 200 and res.steps == 200 and not calls
+    assert store.calls == 200 and res.steps == 200 and not calls and store.closed
     x = store._x()
     with torch.no_grad():
         out = res.transcoders[0](x).output

@@ -167,6 +167,7 @@ def aggregate_graphs(
     meta = dict(first.metadata)
     meta["prompt_set"] = {"name": name, "n_prompts": P, "prompts": [g.prompt for g in graphs],
                           "aggregation": "mean over prompts, absent = 0"}
+    meta["position_roles"] = list(roles)
     graph = AttributionGraph(
         nodes=nodes,
         edge_target=torch.tensor([new[t] for (t, _), _ in pairs], dtype=torch.int64),

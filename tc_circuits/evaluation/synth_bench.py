@@ -119,6 +119,9 @@ class SyntheticPairStore:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError("resuming a synthetic benchmark run is not supported; rerun it")
 
+    def close(self) -> None:
+        """Nothing runs in the background here (the trainer closes its store when done)."""
+
 
 def host_model(hidden_dim: int):
     """A one-layer ``HookedTransformer`` of width ``hidden_dim`` that only names the SAE's site

@@ -89,7 +89,7 @@ class Trainer:
     ``token_factory`` is a zero-argument callable returning a fresh, identical stream of
     ``[batch, seq]`` token tensors per call (or anything :func:`as_token_factory` accepts).
     ``store`` replaces the activation store with any iterator of ``{layer: PairBatch}`` that
-    also has ``buffer_outputs()``, ``state_dict()`` and ``load_state_dict()`` (data that does
+    also has ``buffer_outputs()``, ``state_dict()``, ``load_state_dict()`` and ``close()`` (data that does
     not come from the model, e.g. a synthetic benchmark); ``token_factory`` is then unused.
     """
 
