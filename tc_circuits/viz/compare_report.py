@@ -93,7 +93,7 @@ def picture_figure(res: CompareResult):
         return None
     fig = make_subplots(rows=2, cols=2, subplot_titles=(
         "ΔCE (all layers spliced) vs interpretability", "FVU vs L0",
-        f"sparse probing accuracy (k={res.config.k})", "faithfulness AUC (frozen; dashed: random order)"))
+        f"sparse probing accuracy (k={res.config.k})", "faithfulness AUC (frozen; open/dashed: random order)"))
     for kind in res.config.kinds:
         rows = sorted((p for p in pics if p.kind == kind), key=lambda p: p.k)
         c = COLORS.get(kind)
@@ -114,8 +114,9 @@ def picture_figure(res: CompareResult):
                                      line_dash="dot", legendgroup=kind, showlegend=False), row=2, col=1)
         fig.add_trace(go.Scatter(x=[p.k for p in rows], y=[p.faith_auc_frozen for p in rows], mode="lines+markers",
                                  line_color=c, legendgroup=kind, showlegend=False), row=2, col=2)
-        fig.add_trace(go.Scatter(x=[p.k for p in rows], y=[p.faith_auc_random for p in rows], mode="lines",
-                                 line_color=c, line_dash="dash", legendgroup=kind, showlegend=False), row=2, col=2)
+        fig.add_trace(go.Scatter(x=[p.k for p in rows], y=[p.faith_auc_random for p in rows], mode="lines+markers",
+                                 marker_symbol="circle-open", line_color=c, line_dash="dash", legendgroup=kind,
+                                 showlegend=False), row=2, col=2)
     fig.update_xaxes(title_text="interpretability (mean best F1)", row=1, col=1)
     fig.update_yaxes(title_text="ΔCE (nats)", row=1, col=1)
     fig.update_xaxes(title_text="L0", row=1, col=2)
