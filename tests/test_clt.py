@@ -1,0 +1,202 @@
+"""Cross-layer transcoders: the module, checkpoints, splicing, attribution and interventions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attribution_helpers import make_model64, make_transcoders
+from clt_helpers import HookedFrozenCLT, make_clt
+from conftest import make_tiny_model
+
+from tc_circuits.attribution import LinearisedModel, attribute, direction_target, logit_target
+from tc_circuits.coders.clt import CLTConfig, CrossLayerTranscoder, clt_from_transcoder
+from tc_circuits.evaluation.evaluate import evaluate_reconstruction, evaluate_splice
+from tc_circuits.evaluation.splice import count_hooks, splice
+from tc_circuits.interventions import intervene
+from tc_circuits.models.sites import Site
+
+P = 8
+
+
+def _tokens(seed=3, n=P, d_vocab=50):
+    return torch.randint(0, d_vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("activation,skip", [("topk", True), ("relu", False), ("jumprelu", True)])
+def test_one_layer_clt_equals_transcoder_exactly(activation, skip):
+    model = make_model64(n_layers=1)
+    tc = make_transcoders(model, activation=activation, skip=skip, layers=[0])[0]
+    clt = clt_from_transcoder(tc)
+    x = torch.randn(2, 7, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a, b = tc(x), clt([x])
+    assert torch.equal(a.output, b.outputs[0]) and torch.equal(a.latents, b.latents[0])
+    assert torch.equal(a.pre_acts, b.pre_acts[0])
+    toks = _tokens()
+    # spliced logits, and the attribution graph, are bit-identical too
+    with splice(model, {0: tc}):
+        la = model(toks[None])
+    with splice(model, clt):
+        lb = model(toks[None])
+    assert torch.equal(la, lb)
+    ga = attribute(model, {0: tc}, toks, progress=False)
+    gb = attribute(model, clt, toks, progress=False)
+    assert torch.equal(ga.edge_weight, gb.edge_weight) and torch.equal(ga.edge_source, gb.edge_source)
+
+
+def test_forward_matches_hand_written_sum():
+    model = make_model64(n_layers=3)
+    clt = make_clt(model)
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(5, 32, dtype=torch.float64, generator=gen) for _ in range(3)]
+    out = clt(xs)
+    for Lp in range(3):
+        lat = [torch.zeros(5, 48, dtype=torch.float64) for _ in range(3)]
+        for L in range(3):
+            pre = xs[L] @ clt.W_enc[L] + clt.b_enc[L]
+            v, i = pre.topk(4, dim=-1)
+            lat[L].scatter_(-1, i, v.relu())
+        ref = clt.b_dec[Lp] + xs[Lp] @ clt.W_skip[Lp]
+        for L in range(Lp + 1):
+            ref = ref + lat[L] @ clt.W_dec[L][:, Lp - L]
+        torch.testing.assert_close(out.outputs[Lp], ref, atol=1e-12, rtol=0)
+        assert int((out.latents[Lp] != 0).sum(-1).max()) <= 4  # TopK is per layer
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_save_load_bit_exact_and_checks(tmp_path, activation):
+    model = make_tiny_model(n_layers=2)
+    clt = make_clt(model, activation=activation)
+    clt.save(tmp_path / "clt")
+    back = CrossLayerTranscoder.load(tmp_path / "clt", model=model)
+    assert back.cfg == clt.cfg
+    for name, t in clt.state_tensors().items():
+        assert torch.equal(back.state_tensors()[name], t), name
+    other = make_tiny_model(n_layers=2, model_name="other")
+    with pytest.raises(ValueError, match="other"):
+        CrossLayerTranscoder.load(tmp_path / "clt", model=other)
+    bad = clt.cfg.replace(weight_processing={"fold_ln": True})
+    with pytest.raises(ValueError, match="weight processing"):
+        CrossLayerTranscoder(bad).check_compatible(model)
+    (tmp_path / "clt" / "clt.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupted"):
+        CrossLayerTranscoder.load(tmp_path / "clt")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="k must be"):
+        CLTConfig(n_layers=2, d_in=4, d_out=4, n_latents=8, k=9)
+    with pytest.raises(ValueError, match="n_layers"):
+        CLTConfig(n_layers=0, d_in=4, d_out=4, n_latents=8)
+    with pytest.raises(ValueError, match="activation"):
+        CLTConfig(n_layers=1, d_in=4, d_out=4, n_latents=8, activation="gelu")
+
+
+def test_splice_matches_hand_computed_cross_layer_replacement():
+    model = make_model64(n_layers=3)
+    clt = make_clt(model)
+    toks = _tokens()[None]
+    # with the error term the model is unchanged
+    with splice(model, clt, error_term=True) as state:
+        logits = model(toks)
+    torch.testing.assert_close(logits, model(toks), atol=1e-10, rtol=0)
+    assert state.n_forward == 3 and count_hooks(model) == 0
+    # without: every MLP output = decoded contributions of this and earlier layers, from the spliced inputs
+    with splice(model, clt) as state:
+        _, cache = model.run_with_cache(toks)
+    xs = [cache[Site(L, "mlp_in").hook_name] for L in range(3)]
+    ref = clt(xs)
+    for L in range(3):
+        torch.testing.assert_close(cache[Site(L, "mlp_out").hook_name], ref.outputs[L], atol=1e-12, rtol=0)
+    # splicing only layer 2 still feeds it the layer-0/1 latents of the (unspliced) pass
+    with splice(model, clt, layers=[2]):
+        _, cache = model.run_with_cache(toks)
+    _, clean = model.run_with_cache(toks)
+    torch.testing.assert_close(cache[Site(1, "mlp_out").hook_name], clean[Site(1, "mlp_out").hook_name])
+    xs = [clean[Site(L, "mlp_in").hook_name] for L in range(3)]
+    torch.testing.assert_close(cache[Site(2, "mlp_out").hook_name], clt(xs).outputs[2], atol=1e-12, rtol=0)
+
+
+def test_evaluation_metrics_for_clt():
+    model = make_tiny_model(n_layers=2)
+    clt = make_clt(model, n_latents=32)
+    toks = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(0))
+    rec = evaluate_reconstruction(model, clt, toks)
+    _, cache = model.run_with_cache(toks)
+    out = clt([cache[Site(L, "mlp_in").hook_name] for L in range(2)])
+    for L in range(2):
+        y = cache[Site(L, "mlp_out").hook_name].reshape(-1, 32).double()
+        fvu = float(((out.outputs[L].detach().reshape(-1, 32).double() - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+        assert rec[L].fvu == pytest.approx(fvu, rel=1e-6)
+        assert rec[L].l0 == pytest.approx(4.0)
+    rep = evaluate_splice(model, clt, toks)
+    assert [r.layers for r in rep.rows] == [(0,), (1,), (0, 1)]
+    assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("activation,skip", [("topk", True), ("relu", False), ("jumprelu", True)])
+def test_every_clt_edge_equals_intervention(activation, skip):
+    model = make_model64(n_layers=3)
+    clt = make_clt(model, activation=activation, skip=skip)
+    toks = _tokens()
+    gen = torch.Generator().manual_seed(7)
+    targets = [logit_target(5, 50), direction_target(torch.randn(50, generator=gen, dtype=torch.float64), position=5)]
+    graph = attribute(model, clt, toks, targets=targets, progress=False, batch_size=16)
+    assert graph.metadata["exactness_max_abs_dev"] < 1e-9
+    A = graph.adjacency().to_dense().double()
+    ref = HookedFrozenCLT(model, clt, toks)
+    logits0, pre0 = ref.run()
+    torch.testing.assert_close(logits0, ref.real_logits[0], atol=1e-10, rtol=0)
+    tgt_idx = graph.target_indices.tolist()
+
+    def values(logits, pre):
+        out = {}
+        for i in torch.nonzero(graph.nodes.expanded).flatten().tolist():
+            if graph.node_type(i) == "feature":
+                out[i] = pre[int(graph.nodes.layer[i])][int(graph.nodes.pos[i]), int(graph.nodes.latent[i])]
+            else:
+                t = targets[tgt_idx.index(i)]
+                out[i] = t.direction.to(logits.dtype) @ logits[int(graph.nodes.pos[i])]
+        return out
+
+    base = values(logits0, pre0)
+    rows = sorted(base)
+    base_v = torch.stack([base[i] for i in rows])
+    torch.testing.assert_close(base_v, graph.nodes.value[rows].double(), atol=1e-9, rtol=1e-9)
+    feats = graph.indices_of("feature")
+    # all features of layer 0 (they write layers 0, 1 and 2) plus a sample of the others
+    sample = [j for j in feats.tolist() if int(graph.nodes.layer[j]) == 0][:25] + feats[-15:].tolist()
+    n_cross = 0
+    for j in sample:
+        L, p, lat = int(graph.nodes.layer[j]), int(graph.nodes.pos[j]), int(graph.nodes.latent[j])
+        lats = {k: v.clone() for k, v in ref.latents.items()}
+        lats[L][p, lat] = 0.0
+        new = values(*ref.run(latents=lats))
+        delta = torch.stack([new[i] for i in rows]) - base_v
+        torch.testing.assert_close(delta, -A[rows, j], atol=1e-9, rtol=1e-7)
+        n_cross += L == 0
+    assert n_cross >= 10
+    for j in graph.indices_of("error").tolist()[::3]:
+        L, p = int(graph.nodes.layer[j]), int(graph.nodes.pos[j])
+        err = {k: v.clone() for k, v in ref.errors.items()}
+        err[L][p] = 0.0
+        new = values(*ref.run(errors=err))
+        torch.testing.assert_close(torch.stack([new[i] for i in rows]) - base_v, -A[rows, j], atol=1e-9, rtol=1e-7)
+    # the edge from a layer-0 feature to a layer-2 feature goes through the layer-0 -> 2 decoder:
+    # with that decoder block zeroed, the edge changes (the per-layer path alone would miss it)
+    lin = LinearisedModel(model, clt, toks)
+    assert lin.is_cross_layer and set(lin.decoders(0)) == {0, 1, 2}
+
+
+def test_interventions_with_clt_match_frozen_reference():
+    model = make_model64(n_layers=3)
+    clt = make_clt(model)
+    toks = _tokens()
+    ref = HookedFrozenCLT(model, clt, toks)
+    clean = intervene(model, clt, toks, mode="frozen", recompute_features=False)
+    torch.testing.assert_close(clean.logits, ref.real_logits[0], atol=1e-10, rtol=0)
+    L, p = 0, 4
+    lat = int(ref.latents[0][p].nonzero()[0])
+    res = intervene(model, clt, toks, [(L, p, lat, 0.0)], mode="frozen", recompute_features=False)
+    lats = {k: v.clone() for k, v in ref.latents.items()}
+    lats[L][p, lat] = 0.0
+    torch.testing.assert_close(res.logits, ref.run(latents=lats)[0], atol=1e-10, rtol=0)
