@@ -200,3 +200,53 @@ def test_interventions_with_clt_match_frozen_reference():
     lats = {k: v.clone() for k, v in ref.latents.items()}
     lats[L][p, lat] = 0.0
     torch.testing.assert_close(res.logits, ref.run(latents=lats)[0], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("activation,skip", [("topk", True), ("relu", False), ("jumprelu", True)])
+def test_circuit_tracer_clt_roundtrip_bit_exact(tmp_path, activation, skip):
+    from safetensors import safe_open
+
+    from tc_circuits.formats import load_any
+    from tc_circuits.formats.circuit_tracer_clt import CircuitTracerCLTFiles, save_circuit_tracer_clt
+
+    model = make_tiny_model(n_layers=3)
+    clt = make_clt(model, activation=activation, skip=skip)
+    save_circuit_tracer_clt(clt, tmp_path / "ct")
+    # circuit-tracer's layout: per-layer encoder and decoder files with its key names and shapes
+    with safe_open(str(tmp_path / "ct" / "W_dec_1.safetensors"), framework="pt") as f:
+        assert list(f.keys()) == ["W_dec_1"] and f.get_slice("W_dec_1").get_shape() == [48, 2, 32]
+    with safe_open(str(tmp_path / "ct" / "W_enc_2.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        assert {"W_enc_2", "b_enc_2", "b_dec_2"} <= keys and f.get_slice("W_enc_2").get_shape() == [48, 32]
+        assert ("threshold_2" in keys) == (activation == "jumprelu") and ("W_skip_2" in keys) == skip
+    back = load_any(tmp_path / "ct", processing=clt.cfg.weight_processing)
+    assert isinstance(back, CrossLayerTranscoder)
+    assert back.cfg.activation == activation and back.cfg.skip == skip
+    assert back.cfg.k == (clt.cfg.k if activation == "topk" else None)
+    for name, t in clt.state_tensors().items():
+        got = back.state_tensors()[name]
+        if name == "log_threshold":
+            torch.testing.assert_close(got, t, atol=1e-15, rtol=1e-12)
+        else:
+            assert torch.equal(got, t), name
+    back.check_compatible(model)
+    # lazy: a few decoder rows without reading the file whole
+    files = CircuitTracerCLTFiles(tmp_path / "ct")
+    assert torch.equal(files.decoder_rows(0, [3, 7]), clt.W_dec[0].detach()[[3, 7]])
+    # our own format is detected too
+    clt.save(tmp_path / "ours")
+    assert isinstance(load_any(tmp_path / "ours"), CrossLayerTranscoder)
+
+
+def test_circuit_tracer_clt_bad_files(tmp_path):
+    from tc_circuits.formats.circuit_tracer_clt import load_circuit_tracer_clt, save_circuit_tracer_clt
+
+    model = make_tiny_model(n_layers=2)
+    save_circuit_tracer_clt(make_clt(model), tmp_path / "ct")
+    (tmp_path / "ct" / "W_dec_1.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="W_dec_1"):
+        load_circuit_tracer_clt(tmp_path / "ct")
+    save_circuit_tracer_clt(make_clt(model), tmp_path / "ct")
+    (tmp_path / "ct" / "W_enc_1.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="corrupted"):
+        load_circuit_tracer_clt(tmp_path / "ct")
