@@ -85,8 +85,10 @@ def feature_edges_reference(
     """Plain reference: gather ``g`` at every feature's position, chunk by chunk."""
     f, dev = lin.features, lin.device
     reads = _reads(lin, L, grads)
-    B, P, d = reads[0][0].shape
     sl = lin.features_in_layer(L)
+    if sl.start == sl.stop or not reads:
+        return
+    B, P, d = reads[0][0].shape
     start = sl.start
     stop = start + int(torch.searchsorted(f.pos[sl], P))  # only sources at positions < P
     chunk = max(1, (1 << 22) // max(1, B * d))
@@ -116,6 +118,9 @@ def feature_edges(
     """
     f, dev = lin.features, lin.device
     reads = _reads(lin, L, grads)
+    sl = lin.features_in_layer(L)
+    if sl.start == sl.stop or not reads:  # no active feature in this layer (padding would index past the end)
+        return
     B, P, d = reads[0][0].shape
     kmax = int(layout.node.shape[1])
     step = max(1, (1 << 22) // max(1, kmax * max(B, d)))
