@@ -250,3 +250,27 @@ def test_circuit_tracer_clt_bad_files(tmp_path):
     (tmp_path / "ct" / "W_enc_1.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="corrupted"):
         load_circuit_tracer_clt(tmp_path / "ct")
+
+
+def test_compare_clt_kind(tmp_path):
+    from tc_circuits.evaluation.compare import CompareConfig, run_compare
+    from tc_circuits.tasks import evaluate_task
+    from tests.test_compare import _setup
+
+    model, train, held_out, task = _setup()
+    cfg = CompareConfig(
+        model="tiny", kinds=("skip_transcoder", "clt"), n_latents=32, k=4, k_sweep=(), total_tokens=2048,
+        batch_size=128, buffer_tokens=512, lr=1e-2, warmup_steps=0, out_dir=str(tmp_path / "cmp"), progress=False,
+    )
+    batches = [train[i : i + 8] for i in range(0, 64, 8)]
+    res = run_compare(cfg, model=model, token_factory=lambda: iter(batches), eval_tokens=held_out, task=task)
+    rows = [r for r in res.rows if r.kind == "clt"]
+    assert [r.layer for r in rows] == ["0", "1", "all"]
+    clt = CrossLayerTranscoder.load(tmp_path / "cmp" / "runs" / "clt_k4" / "clt")
+    all_row = rows[-1]
+    assert all_row.gt_prob_diff == pytest.approx(evaluate_task(model, task, clt).spliced, rel=1e-5)
+    assert all_row.delta_ce == pytest.approx(evaluate_splice(model, clt, held_out).get((0, 1)).delta_ce, rel=1e-5, abs=1e-7)
+    assert max(r.fvu for r in rows) < 1.0 and all(r.l0 <= 4 + 1e-9 for r in rows)
+    with pytest.raises(ValueError, match="spans every layer"):
+        run_compare(cfg.__class__(**{**cfg.to_dict(), "layers": (1,), "kinds": ("clt",)}), model=model,
+                    token_factory=lambda: iter(batches), eval_tokens=held_out, task=task, write=False)
