@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=600_000, help="training tokens per dictionary")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--n-latents", type=int, default=1024)
+    ap.add_argument("--eval-tokens", type=int, default=32_768, help="held-out tokens")
     ap.add_argument("--out", default="bench/results/clt_compare")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -66,7 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = CompareConfig(
         kinds=("skip_transcoder", "clt"), n_latents=args.n_latents, k=args.k, k_sweep=(),
-        total_tokens=args.tokens, out_dir=str(out), progress=False,
+        total_tokens=args.tokens, eval_tokens=args.eval_tokens, out_dir=str(out), progress=False,
     )
     res = run_compare(cfg)
     t_compare = time.perf_counter() - t0

@@ -430,6 +430,7 @@ def _metadata(model, lin, tgts, tpos, batch_size, max_feature_nodes) -> dict:
         "d_model": lin.d_model,
         "has_position_nodes": lin.has_pos_embed,
         "uncovered_layers": [L for L in range(lin.n_layers) if L not in lin.transcoders],
+        "cross_layer": lin.is_cross_layer,
         "transcoders": {
             str(L): {
                 "n_latents": tc.cfg.n_latents, "activation": tc.cfg.activation, "k": tc.cfg.k,
