@@ -67,7 +67,7 @@ def run_one(job: dict) -> dict:
         from tc_circuits.organism import load_organism, load_organism_transcoders
 
         model = load_organism().to(job["device"])
-        tcs = load_organism_transcoders("skip_transcoder")
+        tcs = {L: tc.to(job["device"]) for L, tc in load_organism_transcoders("skip_transcoder").items()}
         gen = torch.Generator().manual_seed(1)
         tokens = torch.randint(1, model.cfg.d_vocab, (job["length"],), generator=gen)
     else:

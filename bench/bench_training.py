@@ -38,7 +38,12 @@ def random_model(n_layers=3, d_model=128, n_ctx=128, d_vocab=512) -> HookedTrans
     return model
 
 
-def make_step(d: int, n: int, k: int, batch: int):
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_step(d: int, n: int, k: int, batch: int, device: str = "cpu"):
     """``(train_step, matmul)`` closures for one skip transcoder of the given shape.
 
     ``train_step`` is a full TopK + FVU + AuxK step with Adam (AuxK active on 10% of the
@@ -49,10 +54,11 @@ def make_step(d: int, n: int, k: int, batch: int):
     tc.reset_parameters(g)
     with torch.no_grad():
         tc.W_dec.normal_(0, 0.01, generator=g)
+    tc = tc.to(device)
     opt = torch.optim.Adam(tc.parameters(), lr=1e-4)
-    x = torch.randn(batch, d, generator=g)
-    y = torch.randn(batch, d, generator=g)
-    dead = torch.zeros(n, dtype=torch.bool)
+    x = torch.randn(batch, d, generator=g).to(device)
+    y = torch.randn(batch, d, generator=g).to(device)
+    dead = torch.zeros(n, dtype=torch.bool, device=device)
     dead[: n // 10] = True
 
     def train_step():
@@ -69,21 +75,23 @@ def make_step(d: int, n: int, k: int, batch: int):
     return train_step, matmul
 
 
-def step_vs_matmul(d: int, n: int, k: int, batch: int, steps: int) -> dict[str, float]:
+def step_vs_matmul(d: int, n: int, k: int, batch: int, steps: int, device: str = "cpu") -> dict[str, float]:
     """Seconds per training step of one transcoder and per dense ``x @ W_enc`` forward."""
-    train_step, matmul = make_step(d, n, k, batch)
+    train_step, matmul = make_step(d, n, k, batch, device)
     out = {}
     for name, fn in (("step", train_step), ("matmul", matmul)):
         fn()  # warm-up
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             fn()
+        _sync(device)
         out[name] = (time.perf_counter() - t0) / steps
     return out
 
 
-def end_to_end(total_tokens: int) -> dict[str, float]:
-    model = random_model()
+def end_to_end(total_tokens: int, device: str = "cpu") -> dict[str, float]:
+    model = random_model().to(device)
     seq, rows = 64, 32
 
     def source():
@@ -104,18 +112,20 @@ def end_to_end(total_tokens: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens / steps")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "training.md"))
     args = parser.parse_args()
     e2e_tokens = 4096 * (20 if args.quick else 60)
     rows = []
-    e2e = end_to_end(e2e_tokens)
-    a = step_vs_matmul(128, 1024, 16, 4096, 5 if args.quick else 20)
-    b = step_vs_matmul(768, 24576, 32, 1024, 2 if args.quick else 3)
+    e2e = end_to_end(e2e_tokens, args.device)
+    a = step_vs_matmul(128, 1024, 16, 4096, 5 if args.quick else 20, args.device)
+    b = step_vs_matmul(768, 24576, 32, 1024, 2 if args.quick else 3, args.device)
     rows.append(("(a) organism: d 128, 1024 latents, k 16, batch 4096", a))
     rows.append(("(b) GPT-2-small: d 768, 24576 latents, k 32, batch 1024", b))
     lines = [
         "# Training throughput",
         "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}",
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}",
         "",
         "| shape | train step (ms) | tokens/s (one layer) | dense `x @ W_enc` fwd (ms) | step / matmul |",
         "|---|---|---|---|---|",
@@ -136,7 +146,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    out = Path(__file__).parent / "results" / "training.md"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
 

@@ -123,3 +123,66 @@ def test_bad_arguments():
         next(empty)
     outs = ActivationStore(model, PAIRS_2, f, batch_size=4, buffer_tokens=8).buffer_outputs()
     assert set(outs) == {0, 1} and outs[0].shape[1] == 32
+
+
+def _store(model, tokens, prefetch):
+    return ActivationStore(
+        model, PAIRS, as_token_factory(tokens, batch_size=3), batch_size=5,
+        buffer_tokens=20, seed=4, prefetch=prefetch,
+    )
+
+
+def test_prefetch_gives_the_same_batches_and_state():
+    """The background fill changes nothing: same batches, same resumable state at every step,
+    across several fills and epochs of the token stream."""
+    # two copies of one model: a store's background fill must be the only user of its model
+    tokens = _tokens(n_rows=9)
+    plain, fetched = _store(make_tiny_model(n_layers=3), tokens, False), _store(make_tiny_model(n_layers=3), tokens, True)
+    for step in range(40):
+        a, b = next(plain), next(fetched)
+        for key in PAIRS:
+            assert torch.equal(a[key].x, b[key].x) and torch.equal(a[key].y, b[key].y), (step, key)
+        assert plain.state_dict() == fetched.state_dict(), step
+    fetched.close()
+
+
+def test_prefetch_resume_and_close_keep_the_stream_position():
+    model = make_tiny_model(n_layers=3)
+    tokens = _tokens(n_rows=9)
+    ref = _store(model, tokens, False)
+    ref_batches = [next(ref) for _ in range(30)]  # before any background fill uses the model
+    store = _store(model, tokens, True)
+    for _ in range(11):
+        next(store)
+    state = store.state_dict()
+    store.close()  # stops the background fill; position kept
+    assert store.state_dict() == state
+    for i in range(11, 16):
+        assert torch.equal(next(store)[0].x, ref_batches[i][0].x), i
+    state = store.state_dict()
+    store.close()
+    resumed = _store(model, tokens, True)
+    resumed.load_state_dict(state)
+    for i in range(16, 30):
+        assert torch.equal(next(resumed)[1].y, ref_batches[i][1].y), i
+    resumed.close()
+    # the model has no hooks left after close
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_prefetch_errors_surface_in_the_consumer():
+    model = make_tiny_model(n_layers=2)
+    bad = {0: (mlp_in(0), mlp_out(0))}
+    calls = {"n": 0}
+
+    def factory():
+        for i in range(100):
+            calls["n"] += 1
+            yield torch.full((2, 6), 60 if i >= 4 else 1)  # id 60 is outside the 50-token vocabulary
+
+    store = ActivationStore(model, bad, factory, batch_size=5, buffer_tokens=20, prefetch=True)
+    next(store)  # first fill: 4 good batches; the prefetched second fill fails in its thread
+    with pytest.raises(Exception):
+        for _ in range(10):
+            next(store)
+    store.close()

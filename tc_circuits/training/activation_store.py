@@ -11,6 +11,13 @@ Phases of a *fill*:
    keep a whole number of batches (the remainder is dropped);
 4. yield ``{key: PairBatch(x, y)}`` batches until the buffer is empty, then fill again.
 
+With ``prefetch=True`` the next fill (phases 1-3) runs in a background thread while the
+current buffer is consumed, so training does not stall at refills (torch releases the GIL
+inside its kernels; on a machine with a spare core the two overlap). The batches are the same
+as without prefetching, bit for bit, and so is the resumable state (``tests/test_activation_store.py``).
+The thread runs the model with hooks: nothing else may run the model while the store is
+iterated; :meth:`ActivationStore.close` (also called on resume) waits for it.
+
 Because a fill is a pure function of ``(token batches consumed, fill_index)``, the store's
 resumable state is three integers (:meth:`ActivationStore.state_dict`): a resumed store skips
 the consumed batches, recomputes the same buffer and continues at the same offset. The token
@@ -19,6 +26,7 @@ factory is restarted (a new epoch) when its stream ends.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -68,6 +76,10 @@ class _Replay:
             self.next()
 
 
+class _Cancelled(Exception):
+    """A background fill stopped by :meth:`ActivationStore.close`."""
+
+
 def _fill_seed(seed: int, fill_index: int) -> int:
     return (seed * 1_000_003 + fill_index * 7_919 + 12_345) % (2**63 - 1)
 
@@ -86,6 +98,8 @@ class ActivationStore:
         exclude_bos: drop sequence position 0 (the BOS token) from every row.
         seed: seeds the per-fill shuffling generators.
         device, dtype: where and how the buffer is stored (default: model device, float32).
+        prefetch: compute the next fill in a background thread while this one is consumed
+            (twice the buffer memory; same batches).
     """
 
     def __init__(
@@ -100,6 +114,7 @@ class ActivationStore:
         seed: int = 0,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        prefetch: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -127,6 +142,11 @@ class ActivationStore:
         self._fill_index = 0  # index of the next fill when _buffer is None
         self._offset = 0
         self._resume_offset = 0
+        self.prefetch = prefetch
+        self._thread: threading.Thread | None = None
+        self._next: tuple[int, dict[str, Tensor]] | BaseException | None = None
+        self._next_start = 0
+        self._cancel = threading.Event()
 
     # ----------------------------------------------------------------- forward
     @torch.no_grad()
@@ -158,21 +178,65 @@ class ActivationStore:
             out[hook] = act
         return out
 
-    def _fill(self) -> None:
-        self._fill_start = self._replay.consumed
+    def _compute_fill(self, fill_index: int) -> tuple[int, dict[str, Tensor]]:
+        """Phases 1-3 for fill ``fill_index``: ``(first batch consumed, shuffled buffer)``."""
+        start = self._replay.consumed
         chunks: dict[str, list[Tensor]] = {h: [] for h in self.hooks}
         n = 0
         while n < self.buffer_tokens:
+            if self._cancel.is_set():
+                raise _Cancelled
             acts = self.activations(self._replay.next())
             for h in self.hooks:
                 chunks[h].append(acts[h])
             n += acts[self.hooks[0]].shape[0]
         n_keep = n // self.batch_size * self.batch_size
-        gen = torch.Generator().manual_seed(_fill_seed(self.seed, self._fill_index))
+        gen = torch.Generator().manual_seed(_fill_seed(self.seed, fill_index))
         perm = torch.randperm(n, generator=gen)[:n_keep].to(self.device)
-        self._buffer = {h: torch.cat(chunks[h])[perm] for h in self.hooks}
+        return start, {h: torch.cat(chunks[h])[perm] for h in self.hooks}
+
+    def _prefetch_run(self, fill_index: int) -> None:
+        try:
+            with torch.no_grad():
+                self._next = self._compute_fill(fill_index)
+        except BaseException as exc:  # re-raised in the consuming thread
+            self._next = exc
+
+    def _start_prefetch(self) -> None:
+        self._next, self._next_start = None, self._replay.consumed
+        self._cancel.clear()
+        self._thread = threading.Thread(
+            target=self._prefetch_run, args=(self._fill_index + 1,), name="tc-activation-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _take_prefetched(self) -> tuple[int, dict[str, Tensor]] | None:
+        if self._thread is None:
+            return None
+        self._thread.join()
+        self._thread, result, self._next = None, self._next, None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        """Stop a running background fill and drop it; the stream position is kept (the next
+        fill starts where the dropped one did). Call it before anything else runs the model."""
+        if self._thread is not None:
+            self._cancel.set()
+            self._thread.join()
+            self._cancel.clear()
+            self._thread, self._next = None, None
+            self._replay = _Replay(self.token_factory)  # rewind to the dropped fill's start
+            self._replay.skip(self._next_start)
+
+    def _fill(self) -> None:
+        got = self._take_prefetched()
+        self._fill_start, self._buffer = got if got is not None else self._compute_fill(self._fill_index)
         self._offset = self._resume_offset
         self._resume_offset = 0
+        if self.prefetch:
+            self._start_prefetch()
 
     # ----------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[dict[Hashable, PairBatch]]:
@@ -205,8 +269,11 @@ class ActivationStore:
     def state_dict(self) -> dict[str, int]:
         """Stream position: batches consumed before the current fill, fill index, offset."""
         if self._buffer is None:
+            consumed = self._replay.consumed
+            if self._thread is not None:  # the next fill starts where the prefetched one did
+                consumed = self._next_start
             return {
-                "consumed": self._replay.consumed,
+                "consumed": consumed,
                 "fill_index": self._fill_index,
                 "offset": self._resume_offset,
             }
@@ -218,6 +285,7 @@ class ActivationStore:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restart the token stream and position the store at ``state``."""
+        self.close()
         self._replay = _Replay(self.token_factory)
         self._replay.skip(int(state["consumed"]))
         self._buffer = None

@@ -127,7 +127,7 @@ class CLTTrainer:
         self.store = ActivationStore(
             model, {L: (v.cfg.input_site, v.cfg.output_site) for L, v in views.items()},
             as_token_factory(token_factory), batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens,
-            exclude_bos=cfg.exclude_bos, seed=cfg.seed, device=device,
+            exclude_bos=cfg.exclude_bos, seed=cfg.seed, device=device, prefetch=cfg.prefetch,
         )
         self.optimizer = torch.optim.Adam(self.clt.parameters(), lr=cfg.lr_at(0))
         n = cfg.n_latents
@@ -246,6 +246,7 @@ class CLTTrainer:
                     self._close_window()
                     bar.set_postfix_str(self._postfix(), refresh=False)
         finally:
+            self.store.close()  # the background fill runs the model: stop it before anyone else does
             bar.close()
         self._close_window()
         self.clt.eval()

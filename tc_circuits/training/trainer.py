@@ -129,6 +129,7 @@ class Trainer:
             exclude_bos=cfg.exclude_bos,
             seed=cfg.seed,
             device=device,
+            prefetch=cfg.prefetch,
         )
         self.params = [p for layer in self.layers for p in self.transcoders[layer].parameters()]
         self.optimizer = torch.optim.Adam(
@@ -309,6 +310,7 @@ class Trainer:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
                     self._save()
         finally:
+            self.store.close()  # the background fill runs the model: stop it before anyone else does
             bar.close()
         self._close_window()
         if cfg.out_dir is not None:
