@@ -9,7 +9,8 @@ held-out tokens. Reports (``bench/results/clt_compare.{json,md}``):
 2. the greater-than attribution graph of the demo prompt with each: size, exactness, and after
    pruning (node 0.8 / edge 0.98) nodes / features / edges, replacement and completeness scores.
 
-Run: ``PYTHONPATH=. python bench/bench_clt_compare.py [--tokens 600000]`` (about 10 min on 2 CPU cores).
+Run: ``PYTHONPATH=. python bench/bench_clt_compare.py --tokens 300000 --eval-tokens 16384`` (29 min wall
+on the shared 2-core machine under load 8-11; results in docs/clt.md).
 """
 
 from __future__ import annotations
