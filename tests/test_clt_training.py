@@ -101,13 +101,13 @@ def test_memory_formula():
 
 
 def test_clt_fvu_below_per_layer_skip_transcoders_on_the_organism():
-    """At equal latents per layer and k per layer, on the organism (small budget: 49k tokens)."""
+    """At equal latents per layer and k per layer, on the organism (small budget: 98k tokens)."""
     from tc_circuits.evaluation.evaluate import evaluate_reconstruction
     from tc_circuits.organism import load_organism, organism_token_source
     from tc_circuits.training.trainer import train_transcoders
 
     model = load_organism()
-    cfg = TrainConfig(kind="skip_transcoder", n_latents=128, k=8, batch_size=2048, total_tokens=2048 * 24,
+    cfg = TrainConfig(kind="skip_transcoder", n_latents=128, k=8, batch_size=2048, total_tokens=2048 * 48,
                       buffer_tokens=8192, checkpoint_every=0, lr=2e-3)
     factory = lambda: organism_token_source(0, 32, 64)  # noqa: E731
     clt = train_clt(model, factory, cfg, progress=False).clt
