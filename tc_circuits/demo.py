@@ -2,7 +2,8 @@
 
 Phases, each printed as it runs:
 
-1. load the organism and its shipped skip transcoders (offline);
+1. load the organism and its shipped skip transcoders (offline; or any model and dictionaries
+   named by ``--model`` / ``--transcoders``, :mod:`tc_circuits.cli.resolve`);
 2. splice them in: FVU per layer, ΔCE / KL when spliced, greater-than score original vs
    spliced (with and without the error term);
 3. build the attribution graph of the greater-than prompt with the probability-difference
@@ -24,8 +25,6 @@ class DemoConfig:
 
     out: str = "out/demo"
     """Output folder (graph, HTML view, metrics)."""
-    kind: str = "skip_transcoder"
-    """Shipped transcoders to use: skip_transcoder, transcoder or sae."""
     prompt: str = PROMPT
     """Greater-than prompt to attribute (must end with the century token)."""
     eval_sequences: int = 64
@@ -36,20 +35,28 @@ class DemoConfig:
     """Pruning: keep edges carrying this share of the influence."""
     top_features: int = 12
     """How many features to print."""
+    progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if self.eval_sequences < 1:
             raise ValueError(f"eval_sequences must be >= 1, got {self.eval_sequences}")
 
 
-def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
-    """Run all phases; return a summary dict (also written to ``out/summary.json``)."""
+def run_demo(cfg: DemoConfig = DemoConfig(), model_opts=None, *, progress: bool | None = None) -> dict:
+    """Run all phases; return a summary dict (also written to ``out/summary.json``).
+
+    ``model_opts`` (a :class:`tc_circuits.cli.resolve.ModelOptions`) names the model and the
+    dictionaries (default: the organism and its skip transcoders); the held-out corpus is the
+    organism's, tokenised by the model's own tokenizer.
+    """
     import json
 
     from tc_circuits.attribution import attribute, direction_target, logit_effects, top_tokens
     from tc_circuits.evaluation.evaluate import evaluate_reconstruction, evaluate_splice
     from tc_circuits.graph.prune import prune_graph
-    from tc_circuits.organism import load_organism, load_organism_transcoders, organism_token_source
+    from tc_circuits.cli.resolve import ModelOptions, resolve
+    from tc_circuits.organism import organism_token_source
     from tc_circuits.tasks import evaluate_task
     from tc_circuits.tasks.greater_than import GreaterThanTask, prompt_task
     from tc_circuits.viz.html_page import write_graph_page
@@ -58,9 +65,10 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {}
 
-    print("== 1. load the organism and its", cfg.kind, "transcoders")
-    model = load_organism()
-    tcs = load_organism_transcoders(cfg.kind, model=model)
+    progress = cfg.progress if progress is None else progress
+    model_opts = model_opts or ModelOptions()
+    model, tcs, sources = resolve(model_opts)
+    print(f"== 1. load {sources['model']} and its dictionaries ({sources['transcoders']})")
     print(f"   {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, vocab {model.cfg.d_vocab}; "
           f"{len(tcs)} transcoders x {next(iter(tcs.values())).cfg.n_latents} latents")
 
@@ -86,8 +94,10 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
     print(f"== 3. attribution graph of {cfg.prompt!r}")
     one = prompt_task(model.tokenizer, cfg.prompt, d_vocab=model.cfg.d_vocab)
     yy = int(one.yy[0])
-    target = direction_target(one.direction()[0], label=f"P(YY>{yy:02d}) - P(YY<={yy:02d})")
+    metric_name = f"P(YY>{yy:02d}) - P(YY<={yy:02d})"
+    target = direction_target(one.direction()[0], label=metric_name)
     graph = attribute(model, tcs, cfg.prompt, targets=[target], progress=progress)
+    graph.metadata["sources"] = sources
     err = graph.exactness_error()
     pruned = prune_graph(graph, cfg.node_threshold, cfg.edge_threshold)
     n_feat = int(graph.mask_of("feature").sum())
@@ -120,6 +130,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
         out / "greater_than.html", graph, model=model, transcoders=tcs,
         token_source=organism_token_source(777, 32, 64, tokenizer=model.tokenizer),
         title=f"Greater-than circuit: {cfg.prompt!r}", progress=progress,
+        metric={f"{metric_name} (model, this prompt)": one.metric(model(one.tokens))},
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     print(f"   graph: {graph_dir}")

@@ -4,6 +4,9 @@
 real model (cached LN scales and attention patterns patched in, MLP outputs replaced by
 constant feature contributions + error + the live skip path). It shares no code with the
 engine, so comparing the engine's edges with interventions here is an independent check.
+It works on every family TransformerLens runs (parallel blocks, post-norms, rotary, GQA):
+every ``hook_scale`` and ``hook_pattern`` of the real model is frozen, and with a final-logit
+soft-cap ``run`` returns the pre-cap logits (the unembedding's output).
 """
 
 from __future__ import annotations
@@ -109,7 +112,9 @@ class HookedFrozen:
                 captured["pos"] = x
             return x
 
-        hooks += [("hook_embed", embed_hook), ("hook_pos_embed", pos_hook)]
+        hooks += [("hook_embed", embed_hook)]
+        if "hook_pos_embed" in self.model.hook_dict and self.model.cfg.positional_embedding_type == "standard":
+            hooks.append(("hook_pos_embed", pos_hook))
         for L in range(self.model.cfg.n_layers):
 
             def cap(x, hook, L=L):
@@ -130,9 +135,86 @@ class HookedFrozen:
 
             hooks += [(f"blocks.{L}.ln2.hook_normalized", cap), (f"blocks.{L}.hook_mlp_out", mlp_out)]
         ctx = torch.enable_grad() if grad else torch.no_grad()
+        pre_cap: list = []  # the unembedding's output: the logits before any soft-cap
+        handle = self.model.unembed.register_forward_hook(lambda mod, inp, out: pre_cap.append(out))
+        try:
+            with ctx:
+                self.model.run_with_hooks(self.tokens[None], fwd_hooks=hooks)
+        finally:
+            handle.remove()
         with ctx:
-            logits = self.model.run_with_hooks(self.tokens[None], fwd_hooks=hooks)[0]
+            logits = pre_cap[0][0]
             pre = {
                 L: captured[f"mlp_in{L}"][0] @ tc.W_enc + tc.b_enc for L, tc in self.tcs.items()
             }
         return logits, pre, captured
+
+
+def row_values(graph, targets, logits, pre):
+    """Value of each expanded node in a frozen run: {node index: value}."""
+    out = {}
+    tgt_idx = graph.target_indices.tolist()
+    for i in torch.nonzero(graph.nodes.expanded).flatten().tolist():
+        if graph.node_type(i) == "feature":
+            L, p, lat = (int(graph.nodes.layer[i]), int(graph.nodes.pos[i]), int(graph.nodes.latent[i]))
+            out[i] = pre[L][p, lat]
+        else:
+            t = targets[tgt_idx.index(i)]
+            out[i] = t.direction.to(logits.dtype) @ logits[int(graph.nodes.pos[i])]
+    return out
+
+
+def check_edges_by_intervention(graph, model, tcs, toks, targets, *, n_features: int = 40,
+                                atol: float = 1e-9, rtol: float = 1e-7) -> int:
+    """Every edge into the expanded rows == minus the change when its source is removed.
+
+    Sources: a random sample of ``n_features`` features, every error / mlp_const, embedding
+    and position node, and the constant node (every source removed at once). Row sums equal
+    the frozen model's values. Returns the number of source nodes checked.
+    """
+    P = int(toks.shape[0])
+    A = graph.adjacency().to_dense().double()
+    ref = HookedFrozen(model, tcs, toks)
+    base = row_values(graph, targets, *ref.run()[:2])
+    rows = sorted(base)
+    base_v = torch.stack([base[i] for i in rows]).double()
+    torch.testing.assert_close(base_v, graph.nodes.value[rows].double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(A[rows].sum(1), base_v, atol=1e-7, rtol=1e-7)
+
+    def check(col, **kw):
+        new = row_values(graph, targets, *ref.run(**kw)[:2])
+        delta = torch.stack([new[i] for i in rows]).double() - base_v
+        torch.testing.assert_close(delta, -A[rows, col], atol=atol, rtol=rtol)
+
+    feats = graph.indices_of("feature")
+    pick = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))[:n_features]
+    sample = set(feats[pick].tolist())
+    n_checked = 0
+    dt = next(model.parameters()).dtype
+    for j in range(graph.n_nodes):
+        kind = graph.node_type(j)
+        if kind == "feature" and j not in sample:
+            continue
+        L, p = int(graph.nodes.layer[j]), int(graph.nodes.pos[j])
+        if kind == "feature":
+            lat = {k: v.clone() for k, v in ref.latents.items()}
+            lat[L][p, int(graph.nodes.latent[j])] = 0.0
+            check(j, latents=lat)
+        elif kind in ("error", "mlp_const"):
+            err = {k: v.clone() for k, v in ref.errors.items()}
+            err[L][p] = 0.0
+            check(j, errors=err)
+        elif kind in ("embedding", "position"):
+            s = torch.ones(P, dtype=dt)
+            s[p] = 0.0
+            check(j, **({"embed_scale": s} if kind == "embedding" else {"pos_scale": s}))
+        else:
+            continue
+        n_checked += 1
+    zero_lat = {k: torch.zeros_like(v) for k, v in ref.latents.items()}
+    zero_err = {k: torch.zeros_like(v) for k, v in ref.errors.items()}
+    z = torch.zeros(P, dtype=dt)
+    zv = row_values(graph, targets, *ref.run(latents=zero_lat, errors=zero_err, embed_scale=z, pos_scale=z)[:2])
+    const = int(graph.indices_of("constant")[0])
+    torch.testing.assert_close(torch.stack([zv[i] for i in rows]).double(), A[rows, const], atol=atol, rtol=rtol)
+    return n_checked + 1

@@ -41,13 +41,40 @@ This page is generated from the parser itself (`python tests/docs_gen.py`;
 
 | command | what it does | guide |
 |---|---|---|
-| `demo` | the end-to-end demo on the bundled organism | [Quick start](quickstart.md) |
+| `demo` | the end-to-end demo (the bundled organism by default) | [Quick start](quickstart.md) |
 | `organism train` / `organism eval` | reproduce the organism and its transcoders / print its greater-than score | [Concepts](concepts.md#the-bundled-model-organism) |
-| `train` | train transcoders, skip transcoders or SAEs for several layers at once | [Training](training.md) |
+| `train` | train transcoders, skip transcoders or SAEs for several layers at once; ends with a held-out evaluation | [Training](training.md) |
+| `evaluate` | FVU, explained variance, L0, dead, ΔCE, KL, CE recovered (+ a task) of any dictionaries | [Splicing](splicing.md) |
 | `convert` | convert circuit-tracer / sparsify / SAELens / Dunefsky checkpoints | [Real models and formats](ecosystem.md) |
 | `compare` | SAE vs transcoder vs skip transcoder: FVU, ΔCE, KL, L0, greater-than | [Splicing](splicing.md#comparing-sae-transcoder-and-skip-transcoder) |
+| `attribute` | attribution graph of a prompt (+ Neuronpedia JSON, feature table as CSV) | [Attribution graphs](attribution.md) |
+| `intervene` | ablate / steer a graph's features: each target's change, frozen and live | [Attribution graphs](attribution.md) |
 | `view` | offline HTML page: graph view + feature dashboards | [Views](views.md) |
-| `attribute` | attribution graph of a prompt (+ Neuronpedia JSON) | [Attribution graphs](attribution.md) |
+
+## One way to name a model and its dictionaries
+
+Every command that needs a model takes the same options (`ModelOptions` in
+`tc_circuits.cli.resolve`, also the Python entry point `resolve(ModelOptions(...))`):
+
+* `--model`: a TransformerLens name (`gpt2`), a local Hugging Face folder (`save_pretrained`
+  output, loaded offline) or `organism` (the default: the bundled organism);
+* `--transcoders`: a folder in any supported format (ours, circuit-tracer, SAELens, sparsify,
+  Dunefsky; detected from its files and checked against the model) or an organism kind
+  (`skip_transcoder`, `transcoder`, `sae`); default the organism's skip transcoders;
+* `--device` (`cpu`, `cuda`, `mps`; default the best available) and `--dtype`;
+* `--no-progress` on every command.
+
+A graph written by `attribute` records its model (name, config hash, weight processing), the
+content hash of every dictionary and where both were found. `intervene` and `view` default to
+those; dictionaries whose content hash differs are refused with an error naming the layer.
+Target tokens are read as inside the prompt (`--diff-tokens Mary John` after `"... to"` means
+`" Mary"` and `" John"`), and a named token with probability < 1e-4 warns, naming the likely
+intended one. `train` warns before it starts when the budget cannot work (warm-up or
+dead-latent window longer than the run, ...; an error with `--strict`).
+
+`tc-circuits --help` and every subcommand's `--help` except `organism`'s import no torch (they
+answer in well under a second): only the command being run is imported, and configs that live
+beside torch code are read from their source (`add_config_args`).
 """
 
 

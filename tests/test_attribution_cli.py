@@ -60,7 +60,9 @@ def tiny(monkeypatch):
     model = make_tiny_model()
     model.tokenizer = None
     tcs = make_transcoders(model)
-    monkeypatch.setattr(cli_attr, "load_model_and_transcoders", lambda kind: (model, tcs))
+    import tc_circuits.cli.resolve as resolve
+
+    monkeypatch.setattr(resolve, "resolve", lambda opts: resolve.Resolved(model, tcs, {"model": "tiny", "transcoders": "t"}))
 
     def to_tokens(prompt, *a, **k):
         return torch.tensor([_Tok().encode(prompt)])
@@ -82,13 +84,13 @@ def test_cli_writes_graph_and_json(tiny, tmp_path, capsys, monkeypatch):
     rc = main(["attribute", "--prompt", "abcdef", "--out", str(out), "--no-progress", "--max-n-logits", "3",
                "--target-direction", "logit-diff", "--diff-tokens", "c", "d"])
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out)
+    out_text = capsys.readouterr().out
+    summary = json.loads(out_text[: out_text.index("\n}") + 2])
     g = AttributionGraph.load(out)
     assert g.n_nodes == summary["nodes"] and g.target_labels == ["logit 'c' - 'd'"]
-    ref = attribute(model, tcs, torch.tensor([1, 2, 3, 4, 5, 6]), targets=[cli_attr.build_targets(
-        model, build_parser().parse_args(["attribute", "--prompt", "x", "--out", "y",
-                                          "--target-direction", "logit-diff", "--diff-tokens", "c", "d"]))[0]],
-        progress=False)
+    opts = cli_attr.AttributeOptions(prompt="x", out="y", target_direction="logit-diff", diff_tokens=("c", "d"))
+    ref = attribute(model, tcs, torch.tensor([1, 2, 3, 4, 5, 6]), targets=cli_attr.build_targets(model, opts),
+                    progress=False)
     assert torch.equal(ref.edge_weight, g.edge_weight)
     pruned = load_json(out / "graph.neuronpedia.json")
     assert pruned.n_nodes == summary["pruned_nodes"] and pruned.n_edges == summary["pruned_edges"]

@@ -139,7 +139,7 @@ def test_main_returns_2_on_value_error(capsys) -> None:
 
 
 def test_main_returns_2_on_errors_raised_by_the_command(monkeypatch, capsys) -> None:
-    def fake_parser() -> argparse.ArgumentParser:
+    def fake_parser(only=None) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog="tc-circuits")
         sub = parser.add_subparsers(dest="command")
         for name, exc in (("bad", ValueError("bad value 3")), ("missing", FileNotFoundError("no file x"))):

@@ -285,11 +285,14 @@ def test_cli_defaults_equal_train_config():
     cli_train.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--out-dir", "runs/x"])
     assert dataclass_from_args(TrainConfig, args) == TrainConfig(out_dir="runs/x")
-    assert args.model == "organism" and args.resume is False
+    from tc_circuits.cli.resolve import ModelOptions
+
+    assert dataclass_from_args(ModelOptions, args).is_organism
+    assert dataclass_from_args(cli_train.TrainRunOptions, args).resume is False
     args = parser.parse_args(["train", "--layers", "0", "2", "--kind", "sae", "--k", "8",
                               "--lr", "none", "--no-exclude-bos", "--resume"])
     cfg = dataclass_from_args(TrainConfig, args)
     assert cfg.layers == (0, 2) and cfg.kind == "sae" and cfg.k == 8 and cfg.lr is None
-    assert cfg.exclude_bos is False and args.resume is True
+    assert cfg.exclude_bos is False and dataclass_from_args(cli_train.TrainRunOptions, args).resume is True
     with pytest.raises(ValueError, match="--out-dir"):
         cli_train.run(parser.parse_args(["train"]))

@@ -56,11 +56,12 @@ def execute_tutorial(path: Path, workdir: Path):
 
 def test_tutorials_exist():
     names = [p.name for p in TUTORIALS]
-    assert names[:4] == [
+    assert names[:5] == [
         "01_train_transcoders.py",
         "02_splice_and_compare.py",
         "03_greater_than_circuit.py",
         "04_real_models.py",
+        "05_your_own_model.py",
     ]
 
 

@@ -131,26 +131,42 @@ print(f"total influence of error nodes: {float(pruned.node_influence[err].sum())
 # %% [markdown]
 # ## The interactive view
 #
-# `graph_figure` draws the pruned graph with plotly: rows are layers, columns positions,
-# node size is influence, blue / red edges are positive / negative, and a slider switches
-# the pruning threshold. `write_graph_page` writes a self-contained HTML page with the
-# graph and a dashboard per feature (clicking a node scrolls to it); we write it under
-# `out/` (here without the corpus scan, to stay fast; pass `token_source=` to include the
-# top-activating contexts).
+# `graph_view` draws the pruned graph with plotly. Rows are layers (inputs at the bottom,
+# the target at the top); each token position is a column whose width grows with the
+# number of features there, so the 37 features at the last position sit side by side
+# while positions without features stay narrow. Node size is influence; each node shows its
+# strongest incoming and outgoing edges (blue excite, red inhibit) and the target its
+# strongest inputs; the most influential features carry a short label (your label, else
+# the token they promote most), and no two labels overlap. Hover the target for the value
+# it explains, its definition and the metric (the probability difference).
+#
+# In Jupyter the view is interactive: click a node to highlight its upstream and
+# downstream paths (the panel beside it lists its top inputs and outputs), pin nodes to see
+# their subgraph, change the edges per node, move the node-threshold slider. Where scripts
+# do not run (a rendered notebook on GitHub) a static PNG stands in. Labels you give
+# (`graph.label(...)`, or a JSON file with `graph.load_labels`) are saved with the graph
+# and exported as Neuronpedia `clerp`s. `write_graph_page` writes a standalone offline page
+# with a dashboard per feature (here without the corpus scan, to stay fast; pass
+# `token_source=` to include top-activating contexts); `view.write_image("g.png")` or
+# `tc-circuits view DIR --out page.html --png g.png` write static images.
 
 # %%
 from pathlib import Path
 
-from tc_circuits.viz import GraphViewConfig, graph_figure, write_graph_page
+from tc_circuits.viz import GraphViewConfig, graph_view, write_graph_page
 
-fig = graph_figure(graph, model=model, transcoders=tcs,
-                   cfg=GraphViewConfig(node_thresholds=(0.6, 0.8), default_threshold=0.8))
-print(f"{len(fig.data)} plotly traces")
+graph.label(int(top[0]), "top feature")  # your own names, kept with the graph
+view = graph_view(graph, model=model, transcoders=tcs, metric={"P(YY>32) - P(YY<=32)": task.metric(logits)},
+                  cfg=GraphViewConfig(node_thresholds=(0.6, 0.8), default_threshold=0.8))
+shown = next(d for d in view.drawn if d.mode == "features" and d.threshold == 0.8)
+n_linked = len({e.source for e in shown.drawn} | {e.target for e in shown.drawn})
+print(f"{len(shown.view.nodes)} nodes drawn, {n_linked} of them with a drawn edge, "
+      f"{len(shown.drawn)} edges, {sum(p is not None for p in shown.label_pos)} labels")
 page = write_graph_page(Path("out") / "tutorial03" / "greater_than.html", graph,
                         model=model, transcoders=tcs, view_cfg=GraphViewConfig(node_thresholds=(0.8,), default_threshold=0.8),
                         title=f"Greater-than: {prompt!r}", progress=False)
 print("page:", page, f"({Path(page).stat().st_size // 1024} KiB)")
-fig
+view
 
 # %% [markdown]
 # ## Feature dashboards

@@ -49,10 +49,11 @@ from tc_circuits.attribution.feature_edges import (
     position_layout,
 )
 from tc_circuits.attribution.linearise import LinearisedModel
-from tc_circuits.attribution.targets import Target, resolve_targets
+from tc_circuits.attribution.targets import Target, encode_direction, resolve_targets
 from tc_circuits.graph.graph import AttributionGraph, NodeTable
 from tc_circuits.graph.prune import normalized_weights, propagate_influence
-from tc_circuits.models.model_info import model_signature
+from tc_circuits.coders.hashing import transcoder_hash
+from tc_circuits.models.provenance import model_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,9 @@ def attribute(
     """Build the exact attribution graph of ``prompt_or_tokens``.
 
     Args:
-        model: a TransformerLens ``HookedTransformer`` (GPT-2 style, non-parallel blocks).
+        model: a TransformerLens ``HookedTransformer`` of any family its block plan covers
+            (:mod:`tc_circuits.models.block_plan`). With a final-logit soft-cap, target values
+            are the pre-cap logits (``metadata["block_plan"]["target_values"]``).
         transcoders: ``{layer: Transcoder}`` mapping ``mlp_in`` -> ``mlp_out``, or a
             ``CrossLayerTranscoder`` (its features write every later layer too). Layers
             without one keep their MLP output as constant ``mlp_const`` nodes.
@@ -253,6 +256,7 @@ def attribute(
     tgts = resolve_targets(
         targets, lin.last_logits.float().cpu(), max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob, tokenizer=model.tokenizer,
+        prompt=prompt_or_tokens if isinstance(prompt_or_tokens, str) else None,
     )
     tpos = []
     for t in tgts:
@@ -422,25 +426,27 @@ def _decode_all(model, tokens: Tensor) -> str:
 
 
 def _metadata(model, lin, tgts, tpos, batch_size, max_feature_nodes) -> dict:
-    sig = model_signature(model)
     return {
-        "model": sig,
+        "model": model_provenance(model),
         "n_layers": lin.n_layers,
         "d_vocab": lin.d_vocab,
         "d_model": lin.d_model,
         "has_position_nodes": lin.has_pos_embed,
+        "block_plan": lin.plan.describe(),
         "uncovered_layers": [L for L in range(lin.n_layers) if L not in lin.transcoders],
         "cross_layer": lin.is_cross_layer,
         "transcoders": {
             str(L): {
                 "n_latents": tc.cfg.n_latents, "activation": tc.cfg.activation, "k": tc.cfg.k,
                 "skip": tc.cfg.skip, "input_site": tc.cfg.input_site, "output_site": tc.cfg.output_site,
+                "content_hash": transcoder_hash(tc),
             }
             for L, tc in sorted(lin.transcoders.items())
         },
         "n_active_features": lin.n_features,
         "targets": [
-            {"label": t.label, "position": p, "token_id": t.token_id, "weight": t.weight}
+            {"label": t.label, "position": p, "token_id": t.token_id, "weight": t.weight,
+             "direction": encode_direction(t.direction)}
             for t, p in zip(tgts, tpos)
         ],
         "batch_size": batch_size,

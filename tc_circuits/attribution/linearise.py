@@ -15,6 +15,15 @@ path stays linear. The frozen model is affine in its sources: token embeddings, 
 embeddings, feature activations, errors and the biases. At the cached point it reproduces
 the real forward pass (up to float rounding): that is what makes the attribution exact.
 
+The shape of each block comes from :func:`tc_circuits.models.block_plan.block_plan` (this
+module knows no architecture names): which norms are frozen and whether they centre
+(LayerNorm) or not (RMSNorm), an attention post-norm (Gemma's ``ln1_post``, its scale frozen),
+parallel blocks (the MLP reads ``ln2(resid_pre)``), position nodes only for learned absolute
+positions (rotary / q-k norms / soft-capped scores / sliding windows all live inside the
+frozen pattern), grouped-query attention (``W_V``, ``b_V`` read expanded per query head).
+With a final-logit soft-cap the linear model ends at the *pre-cap* logits: targets are those,
+and :attr:`LinearisedModel.last_logits` (used to choose targets by probability) is capped.
+
 Layers without a transcoder keep their whole MLP output as a constant (an ``mlp_const`` node
 per position); the model stays linear and exact, that MLP is just not explained.
 
@@ -34,9 +43,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tc_circuits.models.sites import Site, global_hook
 from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models.block_plan import NormPlan, block_plan
+from tc_circuits.models.block_plan import check_supported as check_supported
+from tc_circuits.models.sites import Site, global_hook
 
 
 #: Key-block size of :func:`_causal_transpose_matmul`; prompts up to twice this use one matmul.
@@ -76,6 +87,7 @@ class FrozenOutput(NamedTuple):
     """Activations of one frozen-model forward pass."""
 
     resid_mid: Float[Tensor, "layer pos d_model"]
+    """Residual after each layer's attention (in parallel blocks: ``resid_pre + attn_out``)."""
     mlp_in: Float[Tensor, "layer pos d_model"]
     mlp_out: Float[Tensor, "layer pos d_model"]
     final_ln_out: Float[Tensor, "pos d_model"]
@@ -121,28 +133,24 @@ class FrozenLN:
         return g
 
 
-def _ln(module, scale: Tensor, normalization_type: str | None) -> FrozenLN:
-    if normalization_type is None:
-        return FrozenLN(torch.ones_like(scale), None, None, False)
-    w = getattr(module, "w", None)
-    b = getattr(module, "b", None)
+def _module(model, path: str):
+    for part in path.split("."):
+        model = model[int(part)] if part.isdigit() else getattr(model, part)
+    return model
+
+
+def _frozen_ln(model, plan: NormPlan, cache, n_pos: int, device) -> FrozenLN:
+    """The norm ``plan`` with its scale fixed to the cached value (identity when there is none)."""
+    if plan.kind is None:
+        return FrozenLN(torch.ones(n_pos, device=device), None, None, False)
+    module = _module(model, plan.module)
+    w, b = getattr(module, "w", None), getattr(module, "b", None)
     return FrozenLN(
-        scale,
+        cache[plan.scale_hook][0, :, 0].detach(),
         None if w is None else w.detach(),
         None if b is None else b.detach(),
-        normalization_type in ("LN", "LNPre"),
+        plan.kind == "LN",
     )
-
-
-def check_supported(model) -> None:
-    """Raise ``ValueError`` for architectures the linearisation does not cover."""
-    cfg = model.cfg
-    if getattr(cfg, "attn_only", False):
-        raise ValueError("attribution needs a model with MLPs (got attn_only=True)")
-    if getattr(cfg, "parallel_attn_mlp", False):
-        raise ValueError("parallel attention/MLP blocks are not supported by the linearisation")
-    if cfg.normalization_type not in (None, "LN", "LNPre", "RMS", "RMSPre"):
-        raise ValueError(f"unsupported normalization_type {cfg.normalization_type!r}")
 
 
 def check_transcoders(model, transcoders) -> None:
@@ -172,7 +180,7 @@ class LinearisedModel:
 
     def __init__(self, model, transcoders, tokens: Int[Tensor, " pos"]):
         """``transcoders``: ``{layer: Transcoder}`` or a ``CrossLayerTranscoder`` (its layers)."""
-        check_supported(model)
+        self.plan = plan = block_plan(model)
         check_transcoders(model, transcoders)
         cfg = model.cfg
         self.model = model
@@ -182,17 +190,18 @@ class LinearisedModel:
         self.d_vocab = int(cfg.d_vocab)
         self.tokens = tokens.detach().cpu().long()
         self.n_pos = int(tokens.shape[0])
-        self.has_pos_embed = cfg.positional_embedding_type == "standard"
-        nt = cfg.normalization_type
-        names = [global_hook("embed"), global_hook("ln_final_normalized")]
+        self.has_pos_embed = plan.position_nodes
+        self.parallel = plan.parallel
+        self.logit_softcap = plan.logit_softcap
+        final_norm = plan.ln_final.kind is not None
+        final_name = (
+            global_hook("ln_final_normalized") if final_norm else Site(self.n_layers - 1, "resid_post").hook_name
+        )
+        names = [global_hook("embed"), final_name, *plan.frozen_scale_hooks()]
         if self.has_pos_embed:
             names.append(global_hook("pos_embed"))
-        if nt is not None:
-            names.append(global_hook("ln_final_scale"))
         for L in range(self.n_layers):
             names += [Site(L, k).hook_name for k in ("attn_pattern", "mlp_in", "mlp_out")]
-            if nt is not None:
-                names += [Site(L, "ln1_scale").hook_name, Site(L, "ln2_scale").hook_name]
         device = next(model.parameters()).device
         with torch.no_grad():
             # return_type=None skips the unembedding of every position; only the last
@@ -201,31 +210,28 @@ class LinearisedModel:
                 self.tokens[None].to(device), names_filter=lambda n: n in set(names), return_type=None
             )
         self.device = device
-
-        def scale(name: str) -> Tensor:
-            if nt is None:
-                return torch.ones(self.n_pos, device=device)
-            return cache[name][0, :, 0].detach()
+        P = self.n_pos
 
         self.embed = cache[global_hook("embed")][0].detach()
         self.pos_embed = (
             cache[global_hook("pos_embed")][0].detach() if self.has_pos_embed else torch.zeros_like(self.embed)
         )
-        self.ln_final = _ln(model.ln_final, scale(global_hook("ln_final_scale")), nt)
-        normalized = cache[global_hook("ln_final_normalized")][0].detach()
+        self.ln_final = _frozen_ln(model, plan.ln_final, cache, P, device)
+        normalized = cache[final_name][0].detach()
         lnf = self.ln_final
         self.final_ln_out = normalized * (1 if lnf.w is None else lnf.w) + (0 if lnf.b is None else lnf.b)
-        self.last_logits = self.logits_at(self.final_ln_out[-1:])[0]
-        self.ln1, self.ln2, self.patterns = [], [], []
-        self.mlp_in, self.mlp_out = [], []
+        #: the real model's logits at the last position (soft-capped when the model caps them)
+        self.last_logits = self.softcap(self.logits_at(self.final_ln_out[-1:]))[0]
+        self.ln1 = [_frozen_ln(model, p, cache, P, device) for p in plan.ln1]
+        self.ln2 = [_frozen_ln(model, p, cache, P, device) for p in plan.ln2]
+        self.ln1_post = [None if p is None else _frozen_ln(model, p, cache, P, device) for p in plan.ln1_post]
+        self.patterns, self.mlp_in, self.mlp_out = [], [], []
         for L in range(self.n_layers):
-            block = model.blocks[L]
-            self.ln1.append(_ln(block.ln1, scale(Site(L, "ln1_scale").hook_name), nt))
-            self.ln2.append(_ln(block.ln2, scale(Site(L, "ln2_scale").hook_name), nt))
             self.patterns.append(cache[Site(L, "attn_pattern").hook_name][0].detach())
             self.mlp_in.append(cache[Site(L, "mlp_in").hook_name][0].detach())
             self.mlp_out.append(cache[Site(L, "mlp_out").hook_name][0].detach())
         del cache
+        # W_V / b_V of grouped-query attention are TransformerLens properties expanded per query head
         self.W_V = [model.blocks[L].attn.W_V.detach() for L in range(self.n_layers)]
         self.b_V = [model.blocks[L].attn.b_V.detach() for L in range(self.n_layers)]
         self.W_O = [model.blocks[L].attn.W_O.detach() for L in range(self.n_layers)]
@@ -309,9 +315,15 @@ class LinearisedModel:
             u = self.ln1[L].apply(x)
             v = torch.einsum("pd,hde->hpe", u, self.W_V[L]) + self.b_V[L][:, None, :]
             z = self.patterns[L] @ v
-            x = x + torch.einsum("hpe,hed->pd", z, self.W_O[L]) + self.b_O[L]
+            a = torch.einsum("hpe,hed->pd", z, self.W_O[L]) + self.b_O[L]
+            if self.ln1_post[L] is not None:
+                a = self.ln1_post[L].apply(a)
+            # parallel blocks: the MLP reads the block input; sequential: the residual after attention
+            n = self.ln2[L].apply(x, affine=False) if self.parallel else None
+            x = x + a
             mids.append(x)
-            n = self.ln2[L].apply(x, affine=False)
+            if n is None:
+                n = self.ln2[L].apply(x, affine=False)
             ins.append(n)
             out = self.errors[L] * es[L][:, None]
             tc = self.transcoders.get(L)
@@ -327,8 +339,13 @@ class LinearisedModel:
         return FrozenOutput(torch.stack(mids), torch.stack(ins), torch.stack(outs), self.ln_final.apply(x))
 
     def logits_at(self, ln_out: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
-        """Unembed final-LN outputs: ``ln_out @ W_U + b_U``."""
+        """Unembed final-LN outputs: ``ln_out @ W_U + b_U`` (the pre-soft-cap logits)."""
         return ln_out @ self.model.W_U.detach() + self.model.b_U.detach()
+
+    def softcap(self, logits: Tensor) -> Tensor:
+        """The model's final-logit soft-cap ``c * tanh(z / c)`` (identity when it has none)."""
+        c = self.logit_softcap
+        return logits if c is None else c * torch.tanh(logits / c)
 
     # ------------------------------------------------------------------ backward
     @torch.no_grad()
@@ -375,9 +392,18 @@ class LinearisedModel:
                 nonzero = True
             if not nonzero:
                 continue
+            post = self.ln1_post[L]
+            if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
+                t = g if post is None else post.adjoint(g)
+                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t), inplace=True).add_(g)
+                if h is not None:
+                    g_new.add_(self.ln2[L].adjoint(h, affine=False, inplace=True))
+                g = g_new
+                continue
             if h is not None:  # g += ln2^T h
                 g = self.ln2[L].adjoint(h, affine=False, inplace=True).add_(g)
-            g = self.ln1[L].adjoint(self._attn_adjoint(L, g), inplace=True).add_(g)
+            t = g if post is None else post.adjoint(g)
+            g = self.ln1[L].adjoint(self._attn_adjoint(L, t), inplace=True).add_(g)
         yield -1, g
 
     def _attn_adjoint(self, L: int, g: Tensor) -> Tensor:

@@ -9,6 +9,12 @@ A target's value is ``d . logits[pos]`` for a vector ``d`` over the vocabulary. 
 * a logit difference (``d = one_hot(a) - one_hot(b)``);
 * any task direction, e.g. the greater-than probability-difference direction.
 
+Token strings are read the way the user means them (:func:`token_in_context`): tokenised as
+they would be *inside the prompt*, so a word after a word gets its leading space (``"Mary"``
+after ``"... gave it to"`` is the token ``" Mary"``). A user-named target whose token has a
+negligible probability (< :data:`NEGLIGIBLE_PROB`) at the read-out position warns, naming the
+likely intended token.
+
 By default (:func:`default_logit_targets`) the engine takes the most likely next tokens at
 the last position until their cumulative probability reaches ``desired_logit_prob``, at most
 ``max_n_logits`` of them; each target's weight is its probability.
@@ -16,8 +22,10 @@ the last position until their cumulative probability reaches ``desired_logit_pro
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -38,6 +46,8 @@ class Target:
     """Weight in influence / pruning (the probability for default logit targets)."""
     token_id: int = -1
     """Token id when this is a single-token logit target, else -1."""
+    answer_tokens: tuple[int, ...] = ()
+    """Token ids the user means as the answer (a warning when their probability is negligible)."""
 
     def __post_init__(self) -> None:
         if self.direction.ndim != 1:
@@ -74,7 +84,7 @@ def logit_target(
     if demean:
         d -= 1.0 / d_vocab
     label = f"logit {_decode(tokenizer, tok)!r}"
-    return Target(d, position=position, label=label, weight=weight, token_id=tok)
+    return Target(d, position=position, label=label, weight=weight, token_id=tok, answer_tokens=(tok,))
 
 
 def logit_diff_target(
@@ -88,7 +98,7 @@ def logit_diff_target(
     d[a] += 1.0
     d[b] -= 1.0
     label = f"logit {_decode(tokenizer, a)!r} - {_decode(tokenizer, b)!r}"
-    return Target(d, position=position, label=label)
+    return Target(d, position=position, label=label, answer_tokens=(a,))
 
 
 def direction_target(
@@ -133,12 +143,15 @@ def resolve_targets(
     max_n_logits: int,
     desired_logit_prob: float,
     tokenizer=None,
+    prompt: str | None = None,
 ) -> list[Target]:
     """Normalise the user's ``targets`` argument into a list of :class:`Target`.
 
     ``None`` -> default logit targets at the last position; a 1-D float tensor -> one
-    direction; ints are token ids, strings single-token strings (both -> demeaned logits
-    at the last position, weighted by their probability).
+    direction; ints are token ids, strings single tokens as they would be tokenised right
+    after ``prompt`` (:func:`token_in_context`; both -> demeaned logits at the last position,
+    weighted by their probability). User-named answer tokens with a probability below
+    :data:`NEGLIGIBLE_PROB` at the last position warn (:func:`warn_negligible`).
     """
     d_vocab = last_logits.shape[0]
     if targets is None:
@@ -166,10 +179,7 @@ def resolve_targets(
         if isinstance(t, str):
             if tokenizer is None:
                 raise ValueError(f"string target {t!r} needs a model with a tokenizer")
-            ids = tokenizer.encode(t, add_special_tokens=False) if hasattr(tokenizer, "encode") else []
-            if len(ids) != 1:
-                raise ValueError(f"target string {t!r} is not a single token (ids {ids})")
-            t = ids[0]
+            t = token_in_context(tokenizer, t, prompt)
         if isinstance(t, int):
             tok = _check_token(t, d_vocab)
             out.append(logit_target(tok, d_vocab, weight=float(probs[tok]), tokenizer=tokenizer))
@@ -177,4 +187,101 @@ def resolve_targets(
         raise ValueError(f"cannot interpret attribution target {t!r}")
     if not out:
         raise ValueError("no attribution targets given")
+    for t in out:
+        if t.position == -1:  # the probabilities are those of the last position
+            warn_negligible(t, probs, tokenizer)
     return out
+
+
+#: A user-named target token below this probability is almost surely not what was meant.
+NEGLIGIBLE_PROB = 1e-4
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def token_in_context(tokenizer: Any, text: str, prompt: str | None = None) -> int:
+    """The single token id of ``text`` as it would be tokenised right after ``prompt``.
+
+    A word (``text`` starting with a letter) that follows a prompt ending in a non-space
+    character gets the leading space it would have inside the prompt: ``"Mary"`` after
+    ``"... gave it to"`` is ``" Mary"``. Digits and punctuation are kept as given (``"58"``
+    after ``"... to the year 17"`` continues the number). With a prompt, the token is read off
+    the tokenisation of ``prompt + text`` (so it is exactly the token the model would see);
+    without one, ``text`` is encoded alone. Raises ``ValueError`` naming ``text`` when it is
+    not a single token.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"target token string must be a non-empty string, got {text!r}")
+    piece = text
+    if prompt and not prompt[-1].isspace() and text[0].isalpha():
+        piece = " " + text
+    ids: list[int] = []
+    if prompt:
+        base, full = _encode(tokenizer, prompt), _encode(tokenizer, prompt + piece)
+        if full[: len(base)] == base:
+            ids = full[len(base):]
+    if not ids:
+        ids = _encode(tokenizer, piece)
+    if len(ids) != 1:
+        shown = f"{piece!r} (as inside the prompt)" if piece != text else repr(text)
+        raise ValueError(f"target string {shown} is not a single token (ids {ids})")
+    return int(ids[0])
+
+
+def _variants(tokenizer: Any, tok: int) -> list[int]:
+    """Single-token spellings of ``tok`` with / without a leading space."""
+    s = tokenizer.decode([tok])
+    out = []
+    for alt in (s[1:] if s[:1].isspace() else " " + s, s.strip()):
+        if alt and alt != s:
+            ids = _encode(tokenizer, alt)
+            if len(ids) == 1 and ids[0] != tok:
+                out.append(int(ids[0]))
+    return out
+
+
+def warn_negligible(
+    target: Target, probs: Float[Tensor, " d_vocab"], tokenizer: Any = None, *, threshold: float = NEGLIGIBLE_PROB
+) -> None:
+    """Warn (``UserWarning``) when an answer token of ``target`` has probability < ``threshold``.
+
+    The message names the likely intended token: the same word with / without its leading
+    space when that one is more likely, else the model's most likely next token.
+    """
+    for tok in target.answer_tokens:
+        p = float(probs[tok])
+        if p >= threshold:
+            continue
+        cands = _variants(tokenizer, tok) if tokenizer is not None else []
+        best = max(cands, key=lambda i: float(probs[i]), default=None)
+        if best is None or float(probs[best]) < threshold:
+            best = int(probs.argmax())
+        name = (lambda i: repr(_decode(tokenizer, i)))
+        warnings.warn(
+            f"target {target.label!r}: token {name(tok)} (id {tok}) has probability {p:.2g} at the "
+            f"read-out position; the likely intended token is {name(best)} (id {best}, probability "
+            f"{float(probs[best]):.3g})",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def encode_direction(direction: Float[Tensor, " d_vocab"]) -> dict[str, Any]:
+    """A compact JSON form of a target direction: its most common value plus the exceptions."""
+    d = direction.detach().double().cpu()
+    vals, counts = torch.unique(d, return_counts=True)
+    offset = float(vals[counts.argmax()])
+    idx = torch.nonzero(d != offset).flatten()
+    return {"d_vocab": int(d.shape[0]), "offset": offset, "indices": idx.tolist(), "values": d[idx].tolist()}
+
+
+def decode_direction(data: dict[str, Any]) -> Float[Tensor, " d_vocab"]:
+    """Inverse of :func:`encode_direction` (float32)."""
+    try:
+        d = torch.full((int(data["d_vocab"]),), float(data["offset"]), dtype=torch.float64)
+        d[torch.tensor(data["indices"], dtype=torch.long)] = torch.tensor(data["values"], dtype=torch.float64)
+    except (KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise ValueError(f"invalid stored target direction: {err}") from err
+    return d.float()

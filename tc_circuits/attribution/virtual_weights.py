@@ -5,7 +5,8 @@ These read weights only, no prompt:
 * :func:`virtual_weights` -- feature -> feature on the direct residual path,
   ``W_dec[s] . W_enc[:, t]``;
 * :func:`ov_virtual_weights` -- feature -> feature through one attention head's OV circuit,
-  ``W_dec[s] . diag(ln1.w) W_V[h] W_O[h] . W_enc[:, t]``;
+  ``W_dec[s] . diag(ln1.w) W_V[h] W_O[h] (. diag(ln1_post.w)) . W_enc[:, t]`` (grouped-query
+  ``W_V`` expanded per query head; Gemma's attention post-norm gain included);
 * :func:`de_embeddings` -- which tokens a feature reads directly, ``W_E . W_enc[:, t]``
   (the direct path from the token embedding, ignoring attention and position embeddings);
 * :func:`logit_effects` -- which tokens a feature promotes / suppresses directly,
@@ -28,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models.block_plan import block_plan
 
 
 def _rows(W: Tensor, idx: Tensor | list[int] | None) -> Tensor:
@@ -73,19 +75,29 @@ def ov_virtual_weights(
     """Virtual weights through head ``head`` of attention layer ``layer``'s OV circuit."""
     if not 0 <= layer < model.cfg.n_layers or not 0 <= head < model.cfg.n_heads:
         raise ValueError(f"no head {layer}.{head} in this model")
-    if not src.cfg.layer < layer <= dst.cfg.layer:
+    plan = block_plan(model)
+    # parallel blocks: layer L's MLP reads the block input, so head L feeds MLPs after L only
+    last = dst.cfg.layer - 1 if plan.parallel else dst.cfg.layer
+    if not src.cfg.layer < layer <= last:
         raise ValueError(
-            f"head layer {layer} must lie after the source layer {src.cfg.layer} "
-            f"and at or before the target layer {dst.cfg.layer}"
+            f"head layer {layer} must lie after the source layer {src.cfg.layer} and "
+            f"{'before' if plan.parallel else 'at or before'} the target layer {dst.cfg.layer}"
+            + (" (attention and MLP run in parallel in this model)" if plan.parallel else "")
         )
     attn = model.blocks[layer].attn
     dec = _center(_rows(src.W_dec.detach(), src_latents), center)
     w = _ln_w(model.blocks[layer].ln1)
     if w is not None:
         dec = dec * w
+    # grouped-query attention: W_V is read expanded, head h uses K/V group h // (n_heads / n_kv)
     ov = attn.W_V[head].detach() @ attn.W_O[head].detach()
+    out = dec @ ov
+    if plan.ln1_post[layer] is not None:  # Gemma's attention post-norm: its gain (scale ignored)
+        w_post = _ln_w(model.blocks[layer].ln1_post)
+        if w_post is not None:
+            out = out * w_post
     enc = _rows(dst.W_enc.detach().T, dst_latents)
-    return _center(dec @ ov, center) @ enc.T
+    return _center(out, center) @ enc.T
 
 
 def de_embeddings(

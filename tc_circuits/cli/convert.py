@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 
 TARGETS = ("tc_circuits", "circuit-tracer", "saelens")
@@ -35,6 +36,8 @@ class ConvertOptions:
     """The target TransformerLens model centres the unembedding."""
     model_name: str | None = None
     """Model name to record (sparsify checkpoints do not name their model)."""
+    progress: bool = True
+    """Accepted so that every command takes --no-progress (a conversion shows no progress bar)."""
 
     def __post_init__(self) -> None:
         if self.to not in TARGETS:
@@ -42,7 +45,7 @@ class ConvertOptions:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("convert", help="convert circuit-tracer / sparsify / SAELens / Dunefsky checkpoints")
+    parser = sub.add_parser("convert", help=HELP["convert"])
     parser.add_argument("src", help="source checkpoint (folder, or a .pt file)")
     parser.add_argument("dst", help="destination folder")
     add_dataclass_args(parser, ConvertOptions, exclude=("src_format",))

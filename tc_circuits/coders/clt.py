@@ -206,6 +206,15 @@ class CLTLayer:
     def check_compatible(self, model: HookedTransformer) -> None:
         self.clt.check_compatible(model)
 
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        """Layer L's tensors (what content hashes read): encoder, all its decoders, bias, skip, threshold."""
+        out = [("W_enc", self.W_enc), ("b_enc", self.b_enc), ("W_dec", self.clt.W_dec[self.layer]), ("b_dec", self.b_dec)]
+        if self.W_skip is not None:
+            out.append(("W_skip", self.W_skip))
+        if self.log_threshold is not None:
+            out.append(("log_threshold", self.log_threshold))
+        return out
+
     def __repr__(self) -> str:
         return f"CLTLayer({self.layer} of {self.clt.cfg.n_layers}, n_latents={self.cfg.n_latents})"
 

@@ -49,7 +49,7 @@ class CompareConfig:
     """Configuration of :func:`run_compare` and ``tc-circuits compare`` (never mutated)."""
 
     model: str = "organism"
-    """Model to study; the CLI supports the bundled ``organism`` (use the API for others)."""
+    """Model to study: the bundled ``organism``, a TransformerLens name or a local Hugging Face folder (the CLI then trains on --dataset)."""
     layers: tuple[int, ...] = ()
     """Layers to train and splice (empty = every layer)."""
     kinds: tuple[str, ...] = DEFAULT_KINDS

@@ -147,7 +147,7 @@ def to_json_dict(
             "run_idx": 0,
             "reverse_ctx_idx": 0,
             "jsNodeId": js,
-            "clerp": (clerps or {}).get(ids[i], _clerp(sub, i, kind)),
+            "clerp": (clerps or {}).get(ids[i]) or sub.node_label(i) or _clerp(sub, i, kind),
             "influence": None if sub_infl is None else float(sub_infl[i]),
             "activation": _f(float(nt.activation[i])),
             "tc_type": kind,
@@ -210,6 +210,7 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
     index: dict[str, int] = {}
     target_probs = []
     target_labels = []
+    clerps_in: dict[str, str] = {}
     for i, node in enumerate(data["nodes"]):
         if "tc_type" in node:
             kind = node["tc_type"]
@@ -232,6 +233,8 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
         ):
             cols[f].append(v)
         index[node["node_id"]] = i
+        if kind == "feature" and node.get("clerp"):  # user labels come back (foreign files too)
+            clerps_in[node["node_id"]] = node["clerp"]
     dtypes = {"activation": torch.float64, "value": torch.float64, "expanded": torch.bool}
     nodes = NodeTable(**{f: torch.tensor(cols[f], dtype=dtypes.get(f, torch.int64)) for f in NodeTable.FIELDS})
     try:
@@ -249,6 +252,8 @@ def from_json_dict(data: dict[str, Any]) -> AttributionGraph:
             if 0 <= p < len(tok_ids) and t >= 0 and tok_ids[p] == -1:
                 tok_ids[p] = t
     graph_meta = dict(ours.get("graph_metadata", {}))
+    if clerps_in:
+        graph_meta["labels"] = {**graph_meta.get("labels", {}), **clerps_in}
     return AttributionGraph(
         nodes=nodes,
         edge_target=et,

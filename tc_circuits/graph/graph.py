@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tc_circuits.fileio import atomic_write
+from tc_circuits.graph.table import feature_table
 
 #: Node types, in node-table order. Their position in this tuple is the stored type code.
 NODE_TYPES = ("feature", "error", "mlp_const", "embedding", "position", "constant", "target")
@@ -210,6 +211,10 @@ class AttributionGraph:
         tok = int(self.nodes.token_id[idx])
         return tok if tok >= 0 else int(self.metadata.get("d_vocab", 0)) + t
 
+    def features(self, **kwargs: Any) -> Any:
+        """The feature nodes as a pandas DataFrame, strongest first (:func:`tc_circuits.graph.table.feature_table`)."""
+        return feature_table(self, **kwargs)
+
     def node_ids(self) -> list[str]:
         return [self.node_id(i) for i in range(self.n_nodes)]
 
@@ -238,6 +243,54 @@ class AttributionGraph:
         w = torch.zeros(self.n_nodes, dtype=torch.float32)
         w[self.target_indices] = self.target_weights.float()
         return w
+
+    # ------------------------------------------------------------------ labels
+    def label(self, node: int | str | tuple[int, int], text: str | None) -> None:
+        """Give ``node`` a short human label (``None`` removes it); kept in ``metadata["labels"]``.
+
+        ``node`` is a node index, a node id (``"1_23_4"``) or a feature ``(layer, latent)``
+        (that feature at every position, stored as ``"1_23"``). Labels travel with
+        :meth:`save` / :meth:`load` and into the Neuronpedia JSON (``clerp``).
+        """
+        if isinstance(node, tuple):
+            if len(node) != 2:
+                raise ValueError(f"a feature key is (layer, latent), got {node!r}")
+            key = f"{int(node[0])}_{int(node[1])}"
+        elif isinstance(node, str):
+            key = node
+        elif isinstance(node, int) and 0 <= node < self.n_nodes:
+            key = self.node_id(node)
+        else:
+            raise ValueError(f"node {node!r} is not a node index (0..{self.n_nodes - 1}), id or (layer, latent)")
+        labels = dict(self.metadata.get("labels", {}))
+        if text is None:
+            labels.pop(key, None)
+        elif not isinstance(text, str):
+            raise ValueError(f"label of {key!r} must be a string, got {text!r}")
+        else:
+            labels[key] = text
+        self.metadata["labels"] = labels
+
+    def node_label(self, i: int) -> str | None:
+        """The user label of node ``i`` (its own, else its feature's), or None."""
+        labels = self.metadata.get("labels") or {}
+        key = self.node_id(i)
+        if key in labels:
+            return labels[key]
+        if self.node_type(i) == "feature":
+            return labels.get(f"{int(self.nodes.layer[i])}_{int(self.nodes.latent[i])}")
+        return None
+
+    def load_labels(self, path: str | os.PathLike) -> None:
+        """Add labels from a JSON file ``{node id or "layer_latent": "label"}``."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"labels file {path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"labels file {path} must hold a JSON object {{node id: label}}")
+        for key, text in data.items():
+            self.label(key, text)
 
     # ------------------------------------------------------------------ subgraphs
     def subgraph(self, node_mask: Tensor, edge_mask: Tensor | None = None) -> AttributionGraph:

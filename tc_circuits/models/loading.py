@@ -16,12 +16,17 @@ reads them back.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tc_circuits.models.hf_config import tl_config_dict
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -113,6 +118,20 @@ def _completed_config(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _config_from_dict(cfg_dict: dict[str, Any], *, fold_ln: bool, device, dtype: torch.dtype):
+    """A ``HookedTransformerConfig`` from a mapped dict, processed as TransformerLens' loader does."""
+    from transformer_lens import HookedTransformerConfig
+
+    cfg_dict = dict(cfg_dict, init_weights=False, dtype=dtype, device=device, n_devices=1,
+                    from_checkpoint=False)
+    cfg_dict.setdefault("default_prepend_bos", True)
+    if fold_ln:
+        cfg_dict["normalization_type"] = {"LN": "LNPre", "RMS": "RMSPre"}.get(
+            cfg_dict["normalization_type"], cfg_dict["normalization_type"]
+        )
+    return HookedTransformerConfig.from_dict(cfg_dict)
+
+
 def _load_local(
     path: Path,
     *,
@@ -135,17 +154,26 @@ def _load_local(
     hf_model.eval()
     if tokenizer is None:
         tokenizer = _local_tokenizer(path, hf_model.config)
+    mapped = tl_config_dict(hf_model.config)
+    if mapped is not None and mapped.get("output_logits_soft_cap", -1.0) > 0 and center_unembed:
+        # as TransformerLens' from_pretrained: a soft-capped logit is not shift-invariant
+        logger.warning("center_unembed=True is not valid with a final-logit soft-cap; loading with center_unembed=False")
+        center_unembed = False
     with tempfile.TemporaryDirectory(prefix="tc_circuits_cfg_") as tmp:
-        # TransformerLens reads config.json itself; give it a copy completed with the keys it
-        # expects but recent ``save_pretrained`` omits (GPT-2's ``n_ctx``).
+        if mapped is not None:
+            cfg = _config_from_dict(mapped, fold_ln=fold_ln, device=device, dtype=torch_dtype)
+        else:
+            # TransformerLens reads config.json itself; give it a copy completed with the keys it
+            # expects but recent ``save_pretrained`` omits (GPT-2's ``n_ctx``).
+            Path(tmp, "config.json").write_text(json.dumps(_completed_config(path)))
+            cfg = tl_loading.get_pretrained_model_config(
+                tmp,
+                hf_cfg=hf_model.config.to_dict(),
+                fold_ln=fold_ln,
+                device=device,
+                dtype=torch_dtype,
+            )
         Path(tmp, "config.json").write_text(json.dumps(_completed_config(path)))
-        cfg = tl_loading.get_pretrained_model_config(
-            tmp,
-            hf_cfg=hf_model.config.to_dict(),
-            fold_ln=fold_ln,
-            device=device,
-            dtype=torch_dtype,
-        )
         state_dict = tl_loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=torch_dtype)
     if name is not None:
         try:

@@ -29,6 +29,8 @@ SITE_KINDS: dict[str, str] = {
     "ln1_scale": "blocks.{L}.ln1.hook_scale",
     "ln1_normalized": "blocks.{L}.ln1.hook_normalized",
     "ln2_scale": "blocks.{L}.ln2.hook_scale",
+    "ln1_post_scale": "blocks.{L}.ln1_post.hook_scale",
+    "ln2_post_scale": "blocks.{L}.ln2_post.hook_scale",
     "attn_pattern": "blocks.{L}.attn.hook_pattern",
     "attn_z": "blocks.{L}.attn.hook_z",
     "attn_v": "blocks.{L}.attn.hook_v",
@@ -124,7 +126,7 @@ def site_dim(model: HookedTransformer, site: Site) -> int:
     site.check(model)
     if site.kind in ("mlp_pre", "mlp_post"):
         return int(model.cfg.d_mlp)
-    if site.kind in ("ln1_scale", "ln2_scale"):
+    if site.kind in ("ln1_scale", "ln2_scale", "ln1_post_scale", "ln2_post_scale"):
         return 1
     if site.kind in ("attn_pattern", "attn_z", "attn_v"):
         raise ValueError(f"site {site} has no single width")

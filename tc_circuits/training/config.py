@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,6 +72,8 @@ class TrainConfig:
     """Output folder (checkpoint/, transcoders/, metrics.json); None writes nothing."""
     device: str | None = None
     """Device for the buffer and transcoders (None = the model's device)."""
+    strict: bool = False
+    """Budgets that cannot work (see :meth:`budget_problems`) are errors instead of warnings."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, tuple):
@@ -131,6 +134,51 @@ class TrainConfig:
         if decay_steps and step >= total - decay_steps:
             factor *= (total - step) / decay_steps
         return self.base_lr * factor
+
+    def budget_problems(self) -> list[str]:
+        """Why this run's budget cannot work as configured (empty when it can).
+
+        * the LR warm-up is as long as the run or longer (the rate never reaches ``lr``);
+        * the dead-latent window (``dead_tokens_threshold``) is longer than the run (no latent
+          is ever counted dead: AuxK never acts and the dead fraction reads 0);
+        * warm-up and final decay overlap (fewer steps than the schedule assumes), or the
+          decay rounds to zero steps;
+        * the metrics window (``log_every``) is longer than the run;
+        * one buffer fill (``buffer_tokens``) is more than the whole run.
+        """
+        steps, out = self.total_steps, []
+        if self.warmup_steps >= steps:
+            out.append(f"the warm-up ({self.warmup_steps} steps) is not shorter than the run ({steps} steps = "
+                       f"total_tokens {self.total_tokens} // batch_size {self.batch_size}): the learning rate "
+                       f"never reaches {self.base_lr:.3g}; lower --warmup-steps or raise --total-tokens")
+        if self.dead_tokens_threshold > self.total_tokens:
+            out.append(f"the dead-latent window ({self.dead_tokens_threshold} tokens) is longer than the run "
+                       f"({self.total_tokens} tokens): no latent is ever counted dead, so AuxK never revives "
+                       f"any and the dead fraction reads 0; lower --dead-tokens-threshold")
+        decay = int(steps * self.decay_fraction)
+        if self.decay_fraction > 0 and decay == 0:
+            out.append(f"decay_fraction={self.decay_fraction} of {steps} steps rounds to no decay steps; the "
+                       f"schedule assumes at least {math.ceil(1 / self.decay_fraction)} steps")
+        elif self.warmup_steps < steps and self.warmup_steps + decay > steps:
+            out.append(f"the warm-up ({self.warmup_steps} steps) and the final decay ({decay} steps) overlap in a "
+                       f"run of {steps} steps: fewer steps than the schedule assumes "
+                       f"({self.warmup_steps + decay})")
+        if self.log_every > steps:
+            out.append(f"log_every={self.log_every} is longer than the run ({steps} steps): no metrics window "
+                       f"closes before the end")
+        if self.buffer_tokens > self.total_tokens:
+            out.append(f"one buffer fill ({self.buffer_tokens} tokens) is more than the run ({self.total_tokens} "
+                       f"tokens): most buffered activations are never trained on; lower --buffer-tokens")
+        return out
+
+    def check_budget(self) -> list[str]:
+        """Warn (``UserWarning``) about each of :meth:`budget_problems`, or raise ``ValueError`` if ``strict``."""
+        problems = self.budget_problems()
+        if problems and self.strict:
+            raise ValueError("training budget cannot work (strict): " + "; ".join(problems))
+        for msg in problems:
+            warnings.warn(f"training budget: {msg}", UserWarning, stacklevel=3)
+        return problems
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied."""

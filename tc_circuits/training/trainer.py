@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LayerMetrics", "TrainConfig", "TrainResult", "Trainer", "train_transcoders"]
 
 #: Config fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("out_dir", "checkpoint_every", "log_every", "device")
+RESUMABLE_CHANGES = ("out_dir", "checkpoint_every", "log_every", "device", "strict")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ class Trainer:
     ):
         self.model, self.cfg, self.progress = model, cfg, progress
         self.dist = dist_info()
+        if self.dist.is_main or cfg.strict:
+            cfg.check_budget()  # before any work: warnings (or, strict, an error) for budgets that cannot work
         if cfg.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size={cfg.batch_size} must divide evenly over world_size={self.dist.world_size}"

@@ -2,7 +2,8 @@
 
 The page embeds plotly.js once (no CDN, works offline), the interactive graph, an index of
 the graph's features sorted by influence, and one dashboard section per feature. Clicking a
-feature node in the graph scrolls to its dashboard and highlights it.
+node highlights its upstream and downstream paths and fills the node panel, whose link
+scrolls to the feature's dashboard (see :mod:`tc_circuits.viz.view_js`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from torch import Tensor
 
 from tc_circuits.fileio import atomic_write
 from tc_circuits.graph import AttributionGraph, prune_graph
+from tc_circuits.graph.provenance import check_graph_model, check_graph_transcoders
 from tc_circuits.viz.dashboard_html import DASHBOARD_CSS, dashboard_html
 from tc_circuits.viz.dashboards import DashboardConfig, FeatureDashboard, compute_dashboards
-from tc_circuits.viz.graph_view import GraphViewConfig, graph_figure
+from tc_circuits.viz.graph_view import GraphViewConfig
+from tc_circuits.viz.interactive import graph_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -33,20 +36,6 @@ h1 { font-size: 20px; margin: 4px 0; }
 .index a { text-decoration: none; }
 .tcd.flash { box-shadow: 0 0 0 3px #e67e22; }
 """
-
-CLICK_JS = """
-var gd = document.getElementById('{plot_id}');
-gd.on('plotly_click', function (ev) {
-  var a = ev.points && ev.points[0] && ev.points[0].customdata;
-  if (!a) return;
-  var el = document.getElementById(a);
-  if (!el) return;
-  el.scrollIntoView({behavior: 'smooth'});
-  el.classList.add('flash');
-  setTimeout(function () { el.classList.remove('flash'); }, 1500);
-});
-"""
-
 
 def graph_latents(graph: AttributionGraph, node_threshold: float = 1.0, edge_threshold: float = 0.98) -> list[tuple[int, int]]:
     """``(layer, latent)`` of the features kept at ``node_threshold``, most influential first."""
@@ -68,12 +57,18 @@ def graph_page_html(
     view_cfg: GraphViewConfig = GraphViewConfig(),
     title: str | None = None,
     labels: Mapping[tuple[int, int], str] | None = None,
+    metric: Mapping[str, float] | None = None,
 ) -> str:
-    """The full HTML page (a string)."""
-    fig = graph_figure(graph, model=model, transcoders=transcoders, dashboards=dashboards,
-                       groups=groups, cfg=view_cfg, title=title, labels=labels)
-    graph_div = fig.to_html(full_html=False, include_plotlyjs=True, div_id="tc-graph",
-                            post_script=CLICK_JS, config={"scrollZoom": True})
+    """The full HTML page (a string); refuses a model or dictionaries other than the graph's."""
+    if model is not None:
+        check_graph_model(graph, model)
+    if transcoders:
+        check_graph_transcoders(graph, transcoders)
+    view = graph_view(graph, model=model, transcoders=transcoders, dashboards=dashboards,
+                      groups=groups, cfg=view_cfg, title=title, labels=labels, metric=metric,
+                      static_image=False)
+    anchors = {f"feature-{layer}-{latent}" for layer, latent in (dashboards or {})}
+    graph_div = view.html_fragment("tc-graph", anchors=anchors)
     boards = list(dashboards.values()) if dashboards else []
     order = graph_latents(graph, max(view_cfg.node_thresholds), view_cfg.edge_threshold)
     rank = {k: r for r, k in enumerate(order)}
@@ -91,9 +86,11 @@ def graph_page_html(
         f"<div class='help'>model <b>{model_name}</b>; targets: {targets}</div>"
         f"<div class='prompt'>{html.escape(graph.prompt)}</div>"
         "<div class='help'>Rows: layers (token embeddings at the bottom, targets at the top); "
-        "columns: token positions. Node size = influence on the targets; blue edges excite, "
-        "red edges inhibit. Hover nodes and edge midpoints for details, move the slider to "
-        "prune more or less, click a feature to open its dashboard below.</div>"
+        "columns: token positions (wider where more features sit). Node size = influence on the "
+        "targets; blue edges excite, red edges inhibit; each node shows its strongest edges "
+        "(edges per node, beside the graph). Hover nodes and edge midpoints for details; click a "
+        "node to highlight its upstream and downstream paths (double-click clears), pin nodes to "
+        "see their subgraph; the slider prunes more or less.</div>"
         f"{graph_div}"
         + (f"<h2>Features ({len(boards)})</h2><div class='index'>{index}</div>{sections}" if boards else "")
         + "</body></html>"
@@ -113,6 +110,7 @@ def write_graph_page(
     dashboard_cfg: DashboardConfig = DashboardConfig(),
     title: str | None = None,
     labels: Mapping[tuple[int, int], str] | None = None,
+    metric: Mapping[str, float] | None = None,
     progress: bool = True,
 ) -> Path:
     """Write the page to ``path`` (atomically) and return it.
@@ -127,5 +125,5 @@ def write_graph_page(
         dashboards = compute_dashboards(model, transcoders, latents, token_source, dashboard_cfg,
                                         progress=progress) if latents else {}
     text = graph_page_html(graph, model=model, transcoders=transcoders, dashboards=dashboards,
-                           groups=groups, view_cfg=view_cfg, title=title, labels=labels)
+                           groups=groups, view_cfg=view_cfg, title=title, labels=labels, metric=metric)
     return atomic_write(Path(path), lambda p: Path(p).write_text(text, encoding="utf-8"))

@@ -50,6 +50,10 @@ class ViewNode:
     """Influence on the targets (sum over members)."""
     members: list[str] = field(default_factory=list)
     """Node ids of the members of a supernode (the node itself otherwise)."""
+    member_kinds: list[str] = field(default_factory=list)
+    """Node type of each member (aligned with ``members``)."""
+    member_layers: list[int] = field(default_factory=list)
+    """Layer of each member."""
 
 
 @dataclass
@@ -100,8 +104,13 @@ def n_layers_of(graph: AttributionGraph) -> int:
     return int(n) if n is not None else int(graph.nodes.layer.max()) + 1
 
 
-def view_graph(graph: AttributionGraph, prune: PruneResult) -> ViewGraph:
-    """The nodes and edges kept by ``prune`` (influence from ``prune.node_influence``)."""
+def view_graph(graph: AttributionGraph, prune: PruneResult, *, all_edges: bool = False) -> ViewGraph:
+    """The nodes and edges kept by ``prune`` (influence from ``prune.node_influence``).
+
+    With ``all_edges`` every edge between two kept nodes is included (not only those kept
+    by edge pruning), and token embeddings without any such edge are left out: the view
+    then chooses its edges per node (:mod:`tc_circuits.viz.edge_select`).
+    """
     n_layers = n_layers_of(graph)
     keep = torch.nonzero(prune.node_mask).flatten().tolist()
     tcode = {i: k for k, i in enumerate(graph.target_indices.tolist())}
@@ -122,14 +131,38 @@ def view_graph(graph: AttributionGraph, prune: PruneResult) -> ViewGraph:
             key=key, kind=kind, layer=layer, pos=int(graph.nodes.pos[i]),
             latent=int(graph.nodes.latent[i]), label=_label(graph, i, kind, tcode.get(i, 0)),
             activation=float(graph.nodes.activation[i]), influence=infl, members=[key],
+            member_kinds=[kind], member_layers=[int(layer)],
         ))
-    em = torch.nonzero(prune.edge_mask).flatten().tolist()
+    if all_edges:
+        mask = prune.node_mask[graph.edge_source.long()] & prune.node_mask[graph.edge_target.long()]
+        em = torch.nonzero(mask).flatten().tolist()
+    else:
+        em = torch.nonzero(prune.edge_mask).flatten().tolist()
     edges = [
         ViewEdge(new[s], new[t], float(graph.edge_weight[e]))
         for e, s, t in zip(em, graph.edge_source[em].tolist(), graph.edge_target[em].tolist())
-        if s in new and t in new
+        if s in new and t in new and float(graph.edge_weight[e]) != 0.0
     ]
-    return ViewGraph(nodes, edges, list(graph.prompt_strings), n_layers)
+    view = ViewGraph(nodes, edges, list(graph.prompt_strings), n_layers)
+    if all_edges:
+        linked = {e.source for e in edges} | {e.target for e in edges}
+        view = _drop(view, [i for i, n in enumerate(nodes) if n.kind == "embedding" and i not in linked])
+    return view
+
+
+def _drop(view: ViewGraph, drop: list[int]) -> ViewGraph:
+    """``view`` without the nodes ``drop`` (and their edges)."""
+    if not drop:
+        return view
+    gone = set(drop)
+    remap, nodes = {}, []
+    for i, n in enumerate(view.nodes):
+        if i not in gone:
+            remap[i] = len(nodes)
+            nodes.append(n)
+    edges = [ViewEdge(remap[e.source], remap[e.target], e.weight) for e in view.edges
+             if e.source in remap and e.target in remap]
+    return ViewGraph(nodes, edges, view.prompt_strings, view.n_layers)
 
 
 def group_nodes(view: ViewGraph, groups: Mapping[str, Sequence[str]]) -> ViewGraph:
@@ -149,7 +182,8 @@ def group_nodes(view: ViewGraph, groups: Mapping[str, Sequence[str]]) -> ViewGra
         name = owner.get(i)
         if name is None:
             remap.append(len(new_nodes))
-            new_nodes.append(replace(node, members=list(node.members)))
+            new_nodes.append(replace(node, members=list(node.members), member_kinds=list(node.member_kinds),
+                                     member_layers=list(node.member_layers)))
             continue
         if name not in slot:
             slot[name] = len(new_nodes)
@@ -157,6 +191,8 @@ def group_nodes(view: ViewGraph, groups: Mapping[str, Sequence[str]]) -> ViewGra
                                       activation=0.0, influence=0.0, members=[]))
         sn = new_nodes[slot[name]]
         sn.members.extend(node.members)
+        sn.member_kinds.extend(node.member_kinds or [node.kind] * len(node.members))
+        sn.member_layers.extend(node.member_layers or [int(node.layer)] * len(node.members))
         sn.influence += node.influence
         if node.activation == node.activation:  # not NaN
             sn.activation += node.activation
