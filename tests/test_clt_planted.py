@@ -126,6 +126,7 @@ def test_trained_clt_uses_fewer_features_than_per_layer_transcoders():
     cfg = TrainConfig(
         kind="transcoder", n_latents=8, activation="relu", l1_coefficient=0.05, lr=1e-2, warmup_steps=5,
         batch_size=256, total_tokens=256 * 120, buffer_tokens=2048, checkpoint_every=0, log_every=50,
+        dead_tokens_threshold=4096,
     )
     clt = train_clt(model, batches, cfg, progress=False).clt
     pl = train_transcoders(model, batches, cfg, progress=False).transcoders

@@ -108,7 +108,7 @@ def test_clt_fvu_below_per_layer_skip_transcoders_on_the_organism():
 
     model = load_organism()
     cfg = TrainConfig(kind="skip_transcoder", n_latents=128, k=8, batch_size=2048, total_tokens=2048 * 48,
-                      buffer_tokens=8192, checkpoint_every=0, lr=2e-3)
+                      buffer_tokens=8192, checkpoint_every=0, lr=2e-3, dead_tokens_threshold=20_000)
     factory = lambda: organism_token_source(0, 32, 64)  # noqa: E731
     clt = train_clt(model, factory, cfg, progress=False).clt
     skip = train_transcoders(model, factory, cfg, progress=False).transcoders

@@ -111,6 +111,7 @@ class CLTTrainer:
 
     def __init__(self, model: HookedTransformer, token_factory: Any, cfg: TrainConfig, *, progress: bool = True):
         self.model, self.cfg, self.progress = model, cfg, progress
+        cfg.check_budget()  # warnings (or, strict, an error) for budgets that cannot work, as the trainer
         N = int(model.cfg.n_layers)
         if cfg.kind == "sae":
             raise ValueError("a cross-layer transcoder reads mlp_in and writes mlp_out: kind='sae' is not one")
