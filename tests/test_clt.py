@@ -272,3 +272,31 @@ def test_compare_clt_kind(tmp_path):
     with pytest.raises(ValueError, match="spans every layer"):
         run_compare(cfg.__class__(**{**cfg.to_dict(), "layers": (1,), "kinds": ("clt",)}), model=model,
                     token_factory=lambda: iter(batches), eval_tokens=held_out, task=task, write=False)
+
+
+def test_clt_attribution_on_every_family(tmp_path):
+    """Every block plan (parallel, RMS, post-norms, GQA, soft-caps): exact CLT graphs, frozen ablation == edge."""
+    from families import FAMILIES, VOCAB, build_folder
+
+    from tc_circuits.interventions import FeatureIntervention
+    from tc_circuits.models.loading import load_model
+
+    for fam in FAMILIES:
+        model = load_model(build_folder(fam, tmp_path)[1], dtype="float64")
+        clt = make_clt(model, n_latents=32)
+        toks = torch.randint(0, VOCAB, (8,), generator=torch.Generator().manual_seed(3))
+        tgt = logit_target(5, VOCAB)
+        g = attribute(model, clt, toks, targets=[tgt], progress=False)
+        assert g.metadata["exactness_max_rel_dev"] < 1e-9, fam.name
+        c = g.metadata["block_plan"]["logit_softcap"]
+        pre = (lambda z: z) if c is None else (lambda z, c=c: c * torch.atanh(z / c))
+        base = intervene(model, clt, toks, mode="frozen", recompute_features=False).logits[-1]
+        torch.testing.assert_close(intervene(model, clt, toks, mode="live").logits, model(toks[None])[0].detach(),
+                                   atol=1e-10, rtol=0)
+        t, A = int(g.target_indices[0]), g.adjacency().to_dense()
+        layer0 = [j for j in g.indices_of("feature").tolist() if int(g.nodes.layer[j]) == 0]
+        for j in sorted(layer0, key=lambda j: -abs(float(A[t, j])))[:3]:
+            iv = FeatureIntervention(0, int(g.nodes.pos[j]), int(g.nodes.latent[j]), 0.0)
+            new = intervene(model, clt, toks, [iv], mode="frozen", recompute_features=False).logits[-1]
+            delta = float(tgt.direction.double() @ (pre(new) - pre(base)))
+            assert delta == pytest.approx(-float(A[t, j]), abs=1e-8), fam.name
