@@ -52,6 +52,7 @@ from tc_circuits.attribution.linearise import LinearisedModel
 from tc_circuits.attribution.targets import Target, encode_direction, resolve_targets
 from tc_circuits.graph.graph import AttributionGraph, NodeTable
 from tc_circuits.graph.prune import normalized_weights, propagate_influence
+from tc_circuits.models import backend
 from tc_circuits.coders.hashing import transcoder_hash
 from tc_circuits.models.provenance import model_provenance
 
@@ -275,7 +276,7 @@ def attribute(
     # ---------------------------------------------------------------- phase 2
     t1 = time.perf_counter()
     log("phase 2: target rows")
-    W_U, b_U = model.W_U.detach(), model.b_U.detach()
+    W_U, b_U = backend.unembed_weights(model)
     D = torch.stack([t.direction for t in tgts]).to(dev, W_U.dtype)  # [T, vocab]
     tpos_t = torch.tensor(tpos)
     read = D @ W_U.T  # [T, d_model]: read-out vectors at the final LN output

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models import backend
 from tc_circuits.models.block_plan import NormPlan, block_plan
 from tc_circuits.models.block_plan import check_supported as check_supported
 from tc_circuits.models.sites import Site, global_hook
@@ -195,13 +196,13 @@ class LinearisedModel:
         self.logit_softcap = plan.logit_softcap
         final_norm = plan.ln_final.kind is not None
         final_name = (
-            global_hook("ln_final_normalized") if final_norm else Site(self.n_layers - 1, "resid_post").hook_name
+            global_hook("ln_final_normalized", model) if final_norm else Site(self.n_layers - 1, "resid_post").hook_for(model)
         )
-        names = [global_hook("embed"), final_name, *plan.frozen_scale_hooks()]
+        names = [global_hook("embed", model), final_name, *plan.frozen_scale_hooks()]
         if self.has_pos_embed:
-            names.append(global_hook("pos_embed"))
+            names.append(global_hook("pos_embed", model))
         for L in range(self.n_layers):
-            names += [Site(L, k).hook_name for k in ("attn_pattern", "mlp_in", "mlp_out")]
+            names += [Site(L, k).hook_for(model) for k in ("attn_pattern", "mlp_in", "mlp_out")]
         device = next(model.parameters()).device
         with torch.no_grad():
             # return_type=None skips the unembedding of every position; only the last
@@ -212,9 +213,9 @@ class LinearisedModel:
         self.device = device
         P = self.n_pos
 
-        self.embed = cache[global_hook("embed")][0].detach()
+        self.embed = cache[global_hook("embed", model)][0].detach()
         self.pos_embed = (
-            cache[global_hook("pos_embed")][0].detach() if self.has_pos_embed else torch.zeros_like(self.embed)
+            cache[global_hook("pos_embed", model)][0].detach() if self.has_pos_embed else torch.zeros_like(self.embed)
         )
         self.ln_final = _frozen_ln(model, plan.ln_final, cache, P, device)
         normalized = cache[final_name][0].detach()
@@ -227,15 +228,12 @@ class LinearisedModel:
         self.ln1_post = [None if p is None else _frozen_ln(model, p, cache, P, device) for p in plan.ln1_post]
         self.patterns, self.mlp_in, self.mlp_out = [], [], []
         for L in range(self.n_layers):
-            self.patterns.append(cache[Site(L, "attn_pattern").hook_name][0].detach())
-            self.mlp_in.append(cache[Site(L, "mlp_in").hook_name][0].detach())
-            self.mlp_out.append(cache[Site(L, "mlp_out").hook_name][0].detach())
+            self.patterns.append(cache[Site(L, "attn_pattern").hook_for(model)][0].detach())
+            self.mlp_in.append(cache[Site(L, "mlp_in").hook_for(model)][0].detach())
+            self.mlp_out.append(cache[Site(L, "mlp_out").hook_for(model)][0].detach())
         del cache
-        # W_V / b_V of grouped-query attention are TransformerLens properties expanded per query head
-        self.W_V = [model.blocks[L].attn.W_V.detach() for L in range(self.n_layers)]
-        self.b_V = [model.blocks[L].attn.b_V.detach() for L in range(self.n_layers)]
-        self.W_O = [model.blocks[L].attn.W_O.detach() for L in range(self.n_layers)]
-        self.b_O = [model.blocks[L].attn.b_O.detach() for L in range(self.n_layers)]
+        ov = [backend.attn_ov(model, L) for L in range(self.n_layers)]  # either backend; K/V heads expanded
+        self.W_V, self.b_V, self.W_O, self.b_O = ([o[i] for o in ov] for i in range(4))
         self._encode()
 
     # ------------------------------------------------------------------ transcoders
@@ -340,7 +338,8 @@ class LinearisedModel:
 
     def logits_at(self, ln_out: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
         """Unembed final-LN outputs: ``ln_out @ W_U + b_U`` (the pre-soft-cap logits)."""
-        return ln_out @ self.model.W_U.detach() + self.model.b_U.detach()
+        W_U, b_U = backend.unembed_weights(self.model)
+        return ln_out @ W_U + b_U
 
     def softcap(self, logits: Tensor) -> Tensor:
         """The model's final-logit soft-cap ``c * tanh(z / c)`` (identity when it has none)."""

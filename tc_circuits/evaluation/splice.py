@@ -32,6 +32,7 @@ from torch import Tensor
 
 from tc_circuits.coders.clt import CLTLayer, CoderLayer, CrossLayerTranscoder, clt_of
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models import backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -117,16 +118,16 @@ def select_layers(
     return {layer: transcoders[layer] for layer in layers}
 
 
-def _make_hooks(state: SpliceState, retain_grad: bool) -> list[tuple[str, Any]]:
+def _make_hooks(state: SpliceState, retain_grad: bool, model: Any) -> list[tuple[str, Any]]:
     clt = clt_of(state.transcoders)
     if clt is not None:  # a cross-layer transcoder: every encoder runs, the chosen layers are replaced
         from tc_circuits.evaluation.splice_clt import clt_hooks
 
-        return clt_hooks(state, clt, retain_grad)
+        return clt_hooks(state, clt, retain_grad, model)
     hooks: list[tuple[str, Any]] = []
     pending: dict[int, Tensor] = {}
     for layer, tc in state.transcoders.items():
-        in_name, out_name = tc.cfg.input_site, tc.cfg.output_site
+        in_name, out_name = tc.cfg.in_site.hook_for(model), tc.cfg.out_site.hook_for(model)
 
         def run_tc(x: Tensor, y: Tensor, layer: int = layer, tc: CoderLayer = tc) -> Tensor:
             p = tc.W_enc
@@ -215,7 +216,7 @@ def splice(
     chosen = select_layers(as_transcoder_dict(transcoders), layers)
     check_transcoders(model, chosen)
     state = SpliceState(transcoders=chosen, error_term=error_term)
-    hooks = _make_hooks(state, retain_grad)
+    hooks = _make_hooks(state, retain_grad, model)
     with model.hooks(fwd_hooks=hooks):
         yield state
 
@@ -235,7 +236,7 @@ def run_spliced(
 
 def count_hooks(model: HookedTransformer) -> int:
     """Number of forward hooks currently on ``model`` (0 on a clean model)."""
-    return sum(len(hp.fwd_hooks) for hp in model.hook_dict.values())
+    return backend.count_hooks(model)
 
 
 __all__ = [

@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from tc_circuits.evaluation.splice import SpliceState
 
 
-def clt_hooks(state: SpliceState, clt: CrossLayerTranscoder, retain_grad: bool) -> list[tuple[str, Any]]:
-    """Forward hooks splicing ``clt`` at the layers of ``state.transcoders`` (see the module doc)."""
+def clt_hooks(state: SpliceState, clt: CrossLayerTranscoder, retain_grad: bool, model: Any) -> list[tuple[str, Any]]:
+    """Forward hooks splicing ``clt`` into ``model`` at the layers of ``state.transcoders`` (see the module doc)."""
     views = clt.layers()
     spliced = set(state.transcoders)
     latents: dict[int, Tensor] = {}
@@ -53,7 +53,7 @@ def clt_hooks(state: SpliceState, clt: CrossLayerTranscoder, retain_grad: bool) 
             state.latents[L] = lat
             return None
 
-        hooks.append((view.cfg.input_site, in_hook))
+        hooks.append((view.cfg.in_site.hook_for(model), in_hook))
         if L not in spliced:
             continue
 
@@ -67,7 +67,7 @@ def clt_hooks(state: SpliceState, clt: CrossLayerTranscoder, retain_grad: bool) 
             state.n_forward += 1
             return recon + state.errors[L] if state.error_term else recon
 
-        hooks.append((view.cfg.output_site, out_hook))
+        hooks.append((view.cfg.out_site.hook_for(model), out_hook))
     return hooks
 
 
@@ -79,7 +79,9 @@ def evaluate_clt_reconstruction(
     from tc_circuits.evaluation.evaluate import ReconstructionMetrics
 
     N, n = clt.cfg.n_layers, clt.cfg.n_latents
-    names = [Site(L, k).hook_name for L in range(N) for k in (clt.cfg.input_kind, clt.cfg.output_kind)]
+    ins = [Site(L, clt.cfg.input_kind).hook_for(model) for L in range(N)]
+    outs = [Site(L, clt.cfg.output_kind).hook_for(model) for L in range(N)]
+    names = ins + outs
     acc = [VarianceAccumulator(clt.cfg.d_out) for _ in range(N)]
     fires = [torch.zeros(n, dtype=torch.int64) for _ in range(N)]
     l0 = [0.0] * N
@@ -88,10 +90,10 @@ def evaluate_clt_reconstruction(
     for batch in batches:
         _, cache = model.run_with_cache(batch, names_filter=names, return_type=None)
         n_tokens += batch.shape[0] * (batch.shape[1] - start_pos)
-        xs = [cache[Site(L, clt.cfg.input_kind).hook_name][:, start_pos:].to(p.device, p.dtype) for L in range(N)]
+        xs = [cache[ins[L]][:, start_pos:].to(p.device, p.dtype) for L in range(N)]
         out = clt(xs)
         for L in range(N):
-            acc[L].update(out.outputs[L], cache[Site(L, clt.cfg.output_kind).hook_name][:, start_pos:])
+            acc[L].update(out.outputs[L], cache[outs[L]][:, start_pos:])
             active = (out.latents[L] != 0).reshape(-1, n)
             fires[L] += active.sum(0).cpu()
             l0[L] += float(active.sum())

@@ -18,9 +18,14 @@ def detect_format(path: str | os.PathLike) -> str:
     """The format of the checkpoint at ``path`` (one of :data:`FORMATS`), from its file names."""
     p = Path(path)
     if p.is_file():
-        if p.suffix in _PICKLE_SUFFIXES:
+        suffix = p.suffix if p.suffix != ".gz" else Path(p.stem).suffix
+        if suffix in _PICKLE_SUFFIXES:
             return "dunefsky"
-        raise ValueError(f"cannot tell the format of file {p}; expected a folder or a .pt file")
+        raise ValueError(
+            f"cannot tell the format of file {p}; expected a folder (circuit-tracer, sparsify, "
+            f"SAELens, tc_circuits) or a Dunefsky torch pickle ({', '.join(_PICKLE_SUFFIXES)}, "
+            f"optionally gzip-compressed: .pkl.gz)"
+        )
     if not p.is_dir():
         raise FileNotFoundError(f"no such checkpoint: {p}")
     if (p / "config.yaml").is_file():
