@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from attribution_helpers import make_model64, make_transcoders
 from clt_helpers import HookedFrozenCLT, make_clt
 from conftest import make_tiny_model
@@ -209,7 +210,13 @@ def test_circuit_tracer_clt_roundtrip_bit_exact(tmp_path, activation, skip):
 
     model = make_tiny_model(n_layers=3)
     clt = make_clt(model, activation=activation, skip=skip)
-    save_circuit_tracer_clt(clt, tmp_path / "ct")
+    if activation == "topk":
+        with pytest.raises(ValueError, match="allow_topk"):
+            save_circuit_tracer_clt(clt, tmp_path / "refused")
+    save_circuit_tracer_clt(clt, tmp_path / "ct", allow_topk=True)
+    cfg = yaml.safe_load((tmp_path / "ct" / "config.yaml").read_text())
+    assert cfg["model_kind"] == "cross_layer_transcoder"
+    assert (cfg["feature_input_hook"], cfg["feature_output_hook"]) == ("ln2.hook_normalized", "mlp.hook_out")
     # circuit-tracer's layout: per-layer encoder and decoder files with its key names and shapes
     with safe_open(str(tmp_path / "ct" / "W_dec_1.safetensors"), framework="pt") as f:
         assert list(f.keys()) == ["W_dec_1"] and f.get_slice("W_dec_1").get_shape() == [48, 2, 32]
@@ -240,11 +247,17 @@ def test_circuit_tracer_clt_bad_files(tmp_path):
     from tc_circuits.formats.circuit_tracer_clt import load_circuit_tracer_clt, save_circuit_tracer_clt
 
     model = make_tiny_model(n_layers=2)
-    save_circuit_tracer_clt(make_clt(model), tmp_path / "ct")
+    save_circuit_tracer_clt(make_clt(model, activation="relu"), tmp_path / "ct")
+    cfg_file = tmp_path / "ct" / "config.yaml"
+    text = cfg_file.read_text()
+    cfg_file.write_text(text.replace("ln2.hook_normalized", "mlp.hook_in"))
+    with pytest.raises(ValueError, match="gain and bias"):
+        load_circuit_tracer_clt(tmp_path / "ct")
+    cfg_file.write_text(text)
     (tmp_path / "ct" / "W_dec_1.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="W_dec_1"):
         load_circuit_tracer_clt(tmp_path / "ct")
-    save_circuit_tracer_clt(make_clt(model), tmp_path / "ct")
+    save_circuit_tracer_clt(make_clt(model), tmp_path / "ct", allow_topk=True)
     (tmp_path / "ct" / "W_enc_1.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="corrupted"):
         load_circuit_tracer_clt(tmp_path / "ct")

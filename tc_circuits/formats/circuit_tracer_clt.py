@@ -15,7 +15,14 @@ Ours: ``W_enc[i] = W_enc_i.T``; ``W_dec[i]`` has exactly circuit-tracer's layout
 ignores: ``W_skip_{i} [d_model, d_model]`` in ``W_enc_{i}.safetensors`` (a skip at layer i,
 ``x @ W_skip_i`` — circuit-tracer's own ``W_skip`` has the same convention but its files do
 not store it), and ``activation: topk`` + ``k`` in ``config.yaml`` (circuit-tracer's CLT knows
-only ReLU and JumpReLU: it would read a TopK CLT as ReLU).
+only ReLU and JumpReLU and would read a TopK CLT as ReLU: TopK export needs ``allow_topk=True``).
+
+Sites, as for per-layer sets (:mod:`tc_circuits.formats.circuit_tracer`): our ``mlp_in`` is
+written as ``feature_input_hook: ln2.hook_normalized`` (the same ``n(x)`` in circuit-tracer's
+unprocessed model) and ``mlp_out`` as ``mlp.hook_out``. Importing a CLT that reads
+circuit-tracer's ``mlp.hook_in`` (the LayerNorm output *with* gain and bias) would need those
+folded into every encoder; that is refused with a clear error. Other relative hooks
+(``hook_resid_mid`` ...) are kept as they are (attribution needs ``mlp_in``).
 
 Export -> import is bit-exact except JumpReLU thresholds (stored as ``threshold``, ours is
 ``log_threshold``: ``log(exp(t))`` may differ by an ulp), as for per-layer sets.
@@ -43,7 +50,7 @@ from torch import Tensor
 from tc_circuits.coders.clt import CLTConfig, CrossLayerTranscoder
 from tc_circuits.fileio import atomic_write
 from tc_circuits.formats._common import tl_model_name
-from tc_circuits.formats.circuit_tracer import _relative_hook, _site
+from tc_circuits.formats.circuit_tracer import _relative, _site
 from tc_circuits.models.sites import Site
 
 CONFIG_FILE = "config.yaml"
@@ -100,7 +107,14 @@ class CircuitTracerCLTFiles:
             raise ValueError(f"{cfg_path}: unsupported activation {act!r} for a CLT")
         self.k = raw.get("k") if self.activation == "topk" else None
         src = str(cfg_path)
-        self.input_site = _site(str(raw.get("feature_input_hook", "mlp.hook_in")), 0, src)
+        in_hook = str(raw.get("feature_input_hook", "ln2.hook_normalized"))
+        if in_hook == "mlp.hook_in":
+            raise ValueError(
+                f"{cfg_path}: feature_input_hook 'mlp.hook_in' is circuit-tracer's LayerNorm output with "
+                "its gain and bias; folding them into a CLT's encoders is not supported (CLTs reading "
+                "'ln2.hook_normalized' or another TransformerLens hook load as they are)"
+            )
+        self.input_site = _site(in_hook, 0, src)
         self.output_site = _site(str(raw.get("feature_output_hook", "mlp.hook_out")), 0, src)
         self.processing = dict(processing or {})
 
@@ -187,9 +201,21 @@ def load_circuit_tracer_clt(path: str | os.PathLike, *, processing: dict[str, bo
     return CircuitTracerCLTFiles(path, processing=processing).to_clt()
 
 
-def save_circuit_tracer_clt(clt: CrossLayerTranscoder, path: str | os.PathLike, *, model_name: str | None = None) -> Path:
-    """Write ``clt`` in circuit-tracer's CLT layout (plus the ``W_skip_{i}`` / TopK extensions)."""
+def save_circuit_tracer_clt(
+    clt: CrossLayerTranscoder, path: str | os.PathLike, *, model_name: str | None = None, allow_topk: bool = False
+) -> Path:
+    """Write ``clt`` in circuit-tracer's CLT layout (plus the ``W_skip_{i}`` / TopK extensions).
+
+    ``allow_topk``: write a TopK CLT (``activation: topk`` + ``k``, read back by this module);
+    circuit-tracer's own CLT loader would read it as ReLU, so it is refused by default.
+    """
     c = clt.cfg
+    if c.activation == "topk" and not allow_topk:
+        raise ValueError(
+            "refusing to write a TopK CLT for circuit-tracer: its CrossLayerTranscoder knows only ReLU and "
+            "JumpReLU and would read it as ReLU, silently wrong; pass allow_topk=True to write it anyway "
+            "(tc_circuits reads it back exactly)"
+        )
     if c.d_in != c.d_out:
         raise ValueError(f"circuit-tracer CLTs read and write d_model; this CLT has d_in={c.d_in}, d_out={c.d_out}")
     root = Path(path)
@@ -210,8 +236,8 @@ def save_circuit_tracer_clt(clt: CrossLayerTranscoder, path: str | os.PathLike, 
     cfg: dict[str, Any] = {
         "model_name": model_name or c.model_name,
         "model_kind": MODEL_KIND,
-        "feature_input_hook": _relative_hook(Site(0, c.input_kind)),
-        "feature_output_hook": _relative_hook(Site(0, c.output_kind)),
+        "feature_input_hook": _relative(Site(0, c.input_kind)),
+        "feature_output_hook": "mlp.hook_out" if c.output_kind == "mlp_out" else _relative(Site(0, c.output_kind)),
         "activation": {"jumprelu": "jump_relu"}.get(c.activation, c.activation),
     }
     if c.activation == "topk":
