@@ -61,7 +61,8 @@ def prepare(case: dict, workdir: Path) -> None:
     with torch.no_grad():
         logits = model(tokens[None])[0, -1]
     targets = torch.topk(logits, case["n_targets"]).indices
-    save_circuit_tracer(dict(tcs.items()) if hasattr(tcs, "items") else tcs, workdir / "tcs")
+    # circuit-tracer is handed TopK below (its 0.5.0 loader cannot read ``activation: topk``)
+    save_circuit_tracer(dict(tcs.items()) if hasattr(tcs, "items") else tcs, workdir / "tcs", allow_topk=True)
     torch.save(model.state_dict(), workdir / "model.pt")
     (workdir / "cfg.json").write_text(json.dumps(model.cfg.to_dict(), default=str))
     torch.save({"tokens": tokens, "targets": targets, "k": tcs[0].cfg.k}, workdir / "inputs.pt")
@@ -106,7 +107,7 @@ def run_ours(workdir: Path, job: dict) -> dict:
     from tc_circuits.models.model_info import weight_processing
 
     tcs = load_circuit_tracer(workdir / "tcs", processing=weight_processing(model))
-    model.cfg.model_name = tcs[0].cfg.model_name  # the format keeps a short name; same weights
+    model.cfg.model_name = tcs[0].cfg.model_name  # the bench model is rebuilt from its cfg; same weights
     inp = torch.load(workdir / "inputs.pt")
     V = model.cfg.d_vocab
     tgts = []

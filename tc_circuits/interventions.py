@@ -29,7 +29,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.attribution.engine import to_tokens
+from tc_circuits.coders.clt import decode_output, layer_coders
 from tc_circuits.attribution.linearise import check_transcoders
+from tc_circuits.models import backend
 from tc_circuits.models.block_plan import block_plan
 from tc_circuits.models.sites import Site
 
@@ -56,17 +58,21 @@ class InterventionResult(NamedTuple):
 
 def intervene(
     model,
-    transcoders: dict,
+    transcoders,
     prompt_or_tokens: str | Int[Tensor, " pos"] | list[int],
     interventions: Iterable[FeatureIntervention | tuple[int, int, int, float]] = (),
     *,
     mode: str = "frozen",
     recompute_features: bool = True,
 ) -> InterventionResult:
-    """Run ``model`` with transcoders spliced in (+ clean error) and ``interventions`` applied."""
+    """Run ``model`` with transcoders spliced in (+ clean error) and ``interventions`` applied.
+
+    ``transcoders``: ``{layer: Transcoder}`` or a ``CrossLayerTranscoder`` (whose layer-L
+    latents also feed every later layer's output).
+    """
     if mode not in ("frozen", "live"):
         raise ValueError(f"mode must be 'frozen' or 'live', got {mode!r}")
-    transcoders = {int(k): v for k, v in transcoders.items()}
+    transcoders = layer_coders(transcoders)
     check_transcoders(model, transcoders)
     tokens = to_tokens(model, prompt_or_tokens)
     P = int(tokens.shape[0])
@@ -77,22 +83,30 @@ def intervene(
             raise ValueError(f"intervention on layer {iv.layer}, which has no transcoder")
         if not 0 <= iv.pos < P or not 0 <= iv.latent < tc.cfg.n_latents:
             raise ValueError(f"intervention {iv} out of range (n_pos={P}, n_latents={tc.cfg.n_latents})")
+    if mode == "frozen" and not backend.norm_scale_hooks_live(model):
+        raise ValueError(
+            "mode='frozen' needs writable norm-scale hooks; this TransformerBridge (TransformerLens "
+            f"{backend.tl_version()}, RMSNorm) runs Hugging Face's norm and ignores writes to hook_scale: "
+            "use TransformerLens >= 4, a HookedTransformer, or mode='live'"
+        )
     device = next(model.parameters()).device
     toks = tokens[None].to(device)
     # every norm scale the block plan freezes (ln1, ln2, attention post-norms, ln_final) + patterns
     frozen_names = set(block_plan(model).frozen_scale_hooks())
-    frozen_names |= {Site(L, "attn_pattern").hook_name for L in range(model.cfg.n_layers)}
-    io_names = {Site(L, k).hook_name for L in transcoders for k in ("mlp_in", "mlp_out")}
+    frozen_names |= {Site(L, "attn_pattern").hook_for(model) for L in range(model.cfg.n_layers)}
+    io_names = {Site(L, k).hook_for(model) for L in transcoders for k in ("mlp_in", "mlp_out")}
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in frozen_names | io_names)
         clean_lat, errors = {}, {}
-        for L, tc in transcoders.items():
-            x = cache[Site(L, "mlp_in").hook_name]
-            out = tc(x.to(tc.W_enc.dtype))
-            clean_lat[L] = out.latents
-            errors[L] = cache[Site(L, "mlp_out").hook_name] - out.output.to(x.dtype)
+        for L, tc in sorted(transcoders.items()):
+            x_model = cache[Site(L, "mlp_in").hook_for(model)]
+            x = x_model.to(tc.W_enc.dtype)
+            clean_lat[L] = tc.encode(x)
+            out = decode_output(transcoders, L, clean_lat, x)
+            errors[L] = cache[Site(L, "mlp_out").hook_for(model)] - out.to(x_model.dtype)
 
     captured: dict[int, Tensor] = {}
+    batch_lat: dict[int, Tensor] = {}  # this pass's latents [1, pos, n] per layer (read by later layers of a CLT)
     acts: dict[int, Tensor] = {}
     pres: dict[int, Tensor] = {}
     hooks = []
@@ -114,9 +128,11 @@ def intervene(
             for iv in here:
                 lat[:, iv.pos, iv.latent] = iv.value
             acts[L], pres[L] = lat[0].detach(), pre[0].detach()
-            return (tc.decode(lat, x) + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
+            batch_lat[L] = lat
+            out = decode_output(transcoders, L, batch_lat, x)
+            return (out + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
 
-        hooks += [(Site(L, "mlp_in").hook_name, capture), (Site(L, "mlp_out").hook_name, replace)]
+        hooks += [(Site(L, "mlp_in").hook_for(model), capture), (Site(L, "mlp_out").hook_for(model), replace)]
     with torch.no_grad():
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
     return InterventionResult(logits[0].detach(), acts, pres)

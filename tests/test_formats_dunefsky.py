@@ -126,3 +126,26 @@ def test_bad_files(tmp_path, fake_training_module):
     (tmp_path / "d.pt").write_bytes(b"not a pickle")
     with pytest.raises(ValueError):
         load_dunefsky(tmp_path / "d.pt")
+
+
+def test_gzipped_pickle_loads_and_other_files_say_what_is_expected(tmp_path, fake_training_module, monkeypatch):
+    import gzip
+    import io
+
+    cfg = fake_training_module(is_transcoder=True)
+    sd = _state(True)
+    buf = io.BytesIO()
+    torch.save({"cfg": cfg, "state_dict": sd}, buf)
+    path = tmp_path / "tc.pkl.gz"
+    path.write_bytes(gzip.compress(buf.getvalue()))
+    monkeypatch.delitem(sys.modules, "sae_training.config")
+    assert detect_format(path) == "dunefsky"
+    tc = load_any(path)
+    x = torch.randn(6, D, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(tc(x).output, reference_forward(sd, x)[0], atol=1e-4)
+    (tmp_path / "bad.pkl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="bad.pkl.gz"):
+        load_any(tmp_path / "bad.pkl.gz")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match=r"\.pkl\.gz"):
+        detect_format(tmp_path / "x.txt")

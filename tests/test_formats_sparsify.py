@@ -149,3 +149,41 @@ def test_many_and_refusals(gpt2, tmp_path):
         load_sparsify(tmp_path / "gm" / "h.0.mlp", hf_model=hf)
     assert parse_hookpoint("transformer.h.11.mlp") == (11, "mlp")
     assert parse_hookpoint("h.2") == (2, "resid")
+
+
+def test_export_reads_hf_activations_and_round_trips(gpt2, tmp_path):
+    """save_sparsify: sparsify's equations on HF's h.1.mlp input give our output (centred
+    decoder written as is); importing it back gives our transcoder."""
+    from safetensors.torch import load_file
+
+    from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
+    from tc_circuits.formats import save_sparsify
+
+    hf, path = gpt2
+    model = load_model(path)
+    tc = Transcoder(TranscoderConfig.for_model(model, LAYER, N, kind="skip_transcoder", activation="topk", k=K), seed=1)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    save_sparsify({LAYER: tc}, tmp_path / "out", hf_model=hf)
+    folder = tmp_path / "out" / f"h.{LAYER}.mlp"
+    raw = json.loads((folder / "cfg.json").read_text())
+    assert raw["transcode"] and raw["skip_connection"] and raw["k"] == K and raw["num_latents"] == N
+    t = load_file(str(folder / "sae.safetensors"))
+    x_hf, _ = hf_mlp_io(hf, TOKENS)
+    _, cache = model.run_with_cache(TOKENS)
+    with torch.no_grad():
+        ours = tc(cache[f"blocks.{LAYER}.ln2.hook_normalized"][0]).output
+    assert torch.allclose(reference_forward(t, x_hf), ours, atol=1e-4)
+    back = load_sparsify(folder, hf_model=hf, model_name=model.cfg.model_name)
+    for name in ("W_enc", "b_enc"):
+        assert torch.allclose(getattr(back, name), getattr(tc, name), atol=1e-5), name
+    x = cache[f"blocks.{LAYER}.ln2.hook_normalized"][0]
+    with torch.no_grad():  # the import centres the decoder (center_writing_weights): same up to the mean
+        assert torch.allclose(back(x).output, ours - ours.mean(-1, keepdim=True), atol=1e-5)
+    relu = Transcoder(TranscoderConfig.for_model(model, LAYER, N, activation="relu", k=None))
+    with pytest.raises(ValueError, match="TopK"):
+        save_sparsify({LAYER: relu}, tmp_path / "bad", hf_model=hf)
+    with pytest.raises(ValueError, match="hf_model"):
+        save_sparsify({LAYER: tc}, tmp_path / "bad")

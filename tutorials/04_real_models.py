@@ -112,16 +112,17 @@ print({layer: tc.cfg.n_latents for layer, tc in transcoders.items()})
 # ## Formats
 #
 # Transcoders move between projects without loss: export to circuit-tracer's format
-# (`config.yaml` + `layer_{i}.safetensors`) or SAELens', and import any supported format
-# with `load_any` (the format is detected from the file names). circuit-tracer files do not
-# record TransformerLens' weight processing, so we pass the model's.
+# (`config.yaml` + `layer_{i}.safetensors`), SAELens' or sparsify's, and import any supported
+# format with `load_any` (the format is detected from the file names). These are TopK
+# transcoders: upstream circuit-tracer reads `activation: topk`, its PyPI 0.5.0 release does
+# not, so the exporter asks for `allow_topk=True` rather than write a file it would misread.
 
 # %%
 from tc_circuits.formats import detect_format, load_any, save_circuit_tracer
 
-ct_dir = save_circuit_tracer(transcoders, workdir / "circuit_tracer", model_name=model.cfg.model_name)
+ct_dir = save_circuit_tracer(transcoders, workdir / "circuit_tracer", allow_topk=True)
 print(detect_format(ct_dir), sorted(p.name for p in Path(ct_dir).iterdir()))
-reloaded = load_any(ct_dir, processing=weight_processing(model))
+reloaded = load_any(ct_dir)  # model name, d_model and processing come back from the export
 x = torch.randn(4, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     diff = max(float((transcoders[L](x).output - reloaded[L](x).output).abs().max()) for L in transcoders)

@@ -105,7 +105,8 @@ for name, model in models.items():
 # post-MLP norm): the sites above. Import a downloaded circuit-tracer-layout set instead of training:
 #   from tc_circuits.formats import load_any
 #   from tc_circuits.models.model_info import weight_processing
-#   tcs = load_any("/data/gemma-scope-transcoders", processing=weight_processing(model))
+#   raw = load_model("google/gemma-2-2b", fold_ln=False, center_writing_weights=False)  # ln2 gain for mlp.hook_in
+#   tcs = load_any("/data/gemma-scope-transcoders", processing=weight_processing(model), hf_model=raw)
 
 # %% [markdown]
 # ## Splice, attribute, check

@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.coders.transcoder import Transcoder
+from tc_circuits.models import backend
 from tc_circuits.models.block_plan import block_plan
 
 
@@ -84,13 +85,13 @@ def ov_virtual_weights(
             f"{'before' if plan.parallel else 'at or before'} the target layer {dst.cfg.layer}"
             + (" (attention and MLP run in parallel in this model)" if plan.parallel else "")
         )
-    attn = model.blocks[layer].attn
     dec = _center(_rows(src.W_dec.detach(), src_latents), center)
     w = _ln_w(model.blocks[layer].ln1)
     if w is not None:
         dec = dec * w
     # grouped-query attention: W_V is read expanded, head h uses K/V group h // (n_heads / n_kv)
-    ov = attn.W_V[head].detach() @ attn.W_O[head].detach()
+    W = backend.attn_ov(model, layer)  # either backend, K/V heads expanded
+    ov = W.W_V[head] @ W.W_O[head]
     out = dec @ ov
     if plan.ln1_post[layer] is not None:  # Gemma's attention post-norm: its gain (scale ignored)
         w_post = _ln_w(model.blocks[layer].ln1_post)

@@ -1,8 +1,10 @@
 """``tc-circuits convert SRC DST``: convert another project's checkpoint to ours (or back).
 
 The source format is detected from its files unless ``--from`` is given; ``--to`` picks
-``tc_circuits`` (default), ``circuit-tracer`` or ``saelens``. A sparsify MLP transcoder needs
-the Hugging Face model folder (``--hf-model``) to map its LayerNorm exactly.
+``tc_circuits`` (default), ``circuit-tracer``, ``saelens`` or ``sparsify``. sparsify MLP
+transcoders (both ways), circuit-tracer sets on its ``mlp.hook_in`` (import) and sparsify /
+circuit-tracer ``mlp.hook_in`` exports need the Hugging Face model folder (``--hf-model``)
+to map the LayerNorm exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 from tc_circuits.cli import HELP
 from tc_circuits.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 
-TARGETS = ("tc_circuits", "circuit-tracer", "saelens")
+TARGETS = ("tc_circuits", "circuit-tracer", "saelens", "sparsify")
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,10 @@ class ConvertOptions:
 
     src_format: Literal["tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky"] | None = None
     """Format of SRC (default: detected from its files)."""
-    to: Literal["tc_circuits", "circuit-tracer", "saelens"] = "tc_circuits"
+    to: Literal["tc_circuits", "circuit-tracer", "saelens", "sparsify"] = "tc_circuits"
     """Format to write DST in."""
     hf_model: str | None = None
-    """Local Hugging Face model folder (sparsify MLP transcoders: its ln_2 weights map the input)."""
+    """Local Hugging Face model folder (its ln_2 weights map sparsify / circuit-tracer MLP inputs)."""
     fold_ln: bool = True
     """The target TransformerLens model folds LayerNorm (sparsify, Dunefsky, circuit-tracer)."""
     center_writing_weights: bool = True
@@ -36,6 +38,9 @@ class ConvertOptions:
     """The target TransformerLens model centres the unembedding."""
     model_name: str | None = None
     """Model name to record (sparsify checkpoints do not name their model)."""
+    allow_topk: bool = False
+    """Write TopK sets for circuit-tracer even when the installed one cannot read them (upstream
+    circuit-tracer reads ``activation: topk``; the PyPI 0.5.0 release would read ReLU)."""
     progress: bool = True
     """Accepted so that every command takes --no-progress (a conversion shows no progress bar)."""
 
@@ -57,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOptions()) -> Path:
     """Convert ``src`` to ``dst`` as ``opts`` says; returns ``dst``."""
-    from tc_circuits.formats import detect_format, load_any, save_circuit_tracer, save_saelens
+    from tc_circuits.formats import detect_format, load_any, save_circuit_tracer, save_saelens, save_sparsify
     from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
     fmt = opts.src_format or detect_format(src)
@@ -69,22 +74,27 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
     kwargs: dict = {}
     if fmt in ("sparsify", "dunefsky", "circuit-tracer"):
         kwargs["processing"] = processing
+    hf_weights = None
+    if opts.hf_model is not None:
+        from safetensors.torch import load_file
+
+        weights = Path(opts.hf_model) / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"--hf-model needs {weights}")
+        hf_weights = load_file(str(weights))
     if fmt == "sparsify":
         kwargs["model_name"] = opts.model_name
-        if opts.hf_model is not None:
-            from safetensors.torch import load_file
-
-            weights = Path(opts.hf_model) / "model.safetensors"
-            if not weights.is_file():
-                raise FileNotFoundError(f"--hf-model needs {weights}")
-            kwargs["hf_model"] = load_file(str(weights))
+    if fmt in ("sparsify", "circuit-tracer") and hf_weights is not None:
+        kwargs["hf_model"] = hf_weights
     loaded = load_any(src, format=fmt, **kwargs)
     dst = Path(dst)
     if opts.to == "tc_circuits":
         loaded.save(dst)
     elif opts.to == "circuit-tracer":
         tset = loaded if isinstance(loaded, TranscoderSet) else TranscoderSet({loaded.cfg.layer: loaded})
-        save_circuit_tracer(tset, dst)
+        save_circuit_tracer(tset, dst, hf_model=hf_weights, allow_topk=opts.allow_topk or None)
+    elif opts.to == "sparsify":
+        save_sparsify(loaded, dst, hf_model=hf_weights)
     else:
         if isinstance(loaded, Transcoder):
             save_saelens(loaded, dst)

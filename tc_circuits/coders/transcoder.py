@@ -93,9 +93,11 @@ class TranscoderConfig:
                 raise ValueError(
                     f"k must be in [1, n_latents={self.n_latents}] for TopK, got k={self.k!r}"
                 )
-        # Validates both hook names (raises ValueError naming a bad one).
-        Site.parse(self.input_site)
-        Site.parse(self.output_site)
+        # Validates both hook names (raises ValueError naming a bad one) and records them by
+        # their HookedTransformer names, so a checkpoint names its sites the same on every
+        # backend (a TransformerBridge's canonical names are accepted too).
+        object.__setattr__(self, "input_site", Site.parse(self.input_site).hook_name)
+        object.__setattr__(self, "output_site", Site.parse(self.output_site).hook_name)
 
     @property
     def in_site(self) -> Site:

@@ -39,7 +39,9 @@ from tc_circuits.tasks.greater_than import DEFAULT_NOUNS, GreaterThanConfig, Gre
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-KINDS = ("sae", "transcoder", "skip_transcoder")
+KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
+#: Compared by default (``clt``, a cross-layer transcoder with a skip at every layer, on request).
+DEFAULT_KINDS = ("sae", "transcoder", "skip_transcoder")
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class CompareConfig:
     """Model to study: the bundled ``organism``, a TransformerLens name or a local Hugging Face folder (the CLI then trains on --dataset)."""
     layers: tuple[int, ...] = ()
     """Layers to train and splice (empty = every layer)."""
-    kinds: tuple[str, ...] = KINDS
-    """Dictionary kinds to compare: ``sae`` (on hook_mlp_out), ``transcoder``, ``skip_transcoder``."""
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    """Dictionary kinds to compare: ``sae`` (on hook_mlp_out), ``transcoder``, ``skip_transcoder``, ``clt``
+    (a cross-layer transcoder over every layer with a skip per layer; n_latents and k per layer)."""
     n_latents: int = 1024
     """Latents per dictionary (the same for every kind)."""
     k: int = 16
@@ -280,6 +283,8 @@ def run_compare(
     CLI passes :func:`tc_circuits.circuits.faithfulness.compare_faithfulness`; evaluation
     does not import attribution).
     """
+    from tc_circuits.evaluation.splice import as_transcoder_dict
+    from tc_circuits.training.clt_trainer import train_clt
     from tc_circuits.training.trainer import TrainConfig, train_transcoders
 
     labelled = None
@@ -307,7 +312,7 @@ def run_compare(
         for k in cfg.ks:
             train_cfg = TrainConfig(
                 layers=layers,
-                kind=kind,
+                kind="skip_transcoder" if kind == "clt" else kind,
                 n_latents=cfg.n_latents,
                 k=k,
                 lr=cfg.lr,
@@ -320,11 +325,14 @@ def run_compare(
                 device=cfg.device,
                 checkpoint_every=0,
             )
-            result = train_transcoders(model, token_factory, train_cfg, progress=cfg.progress)
+            if kind == "clt":  # one CLT over every layer (cfg.layers must then be all of them)
+                if tuple(layers) != tuple(range(model.cfg.n_layers)):
+                    raise ValueError(f"kind 'clt' spans every layer; layers={cfg.layers} must be empty")
+                dicts = as_transcoder_dict(train_clt(model, token_factory, train_cfg.replace(layers=()), progress=cfg.progress).clt)
+            else:
+                dicts = train_transcoders(model, token_factory, train_cfg, progress=cfg.progress).transcoders
             with torch.no_grad():
-                new_rows, dens, ce_orig = evaluate_dictionaries(
-                    model, result.transcoders, eval_batches, task, kind=kind, k=k
-                )
+                new_rows, dens, ce_orig = evaluate_dictionaries(model, dicts, eval_batches, task, kind=kind, k=k)
             rows += new_rows
             density.update(dens)
             extra[f"{kind}_k{k}"] = _extra_metrics(cfg, model, result.transcoders, kind, task, labelled, graph_metrics)

@@ -36,6 +36,7 @@ from tc_circuits.evaluation.metrics import (
     kl_per_token,
     next_token_ce,
 )
+from tc_circuits.coders.clt import clt_of
 from tc_circuits.models.sites import Site
 from tc_circuits.evaluation.splice import TranscodersLike, as_transcoder_dict, check_transcoders, splice
 
@@ -139,7 +140,12 @@ def evaluate_reconstruction(
     tcs = as_transcoder_dict(transcoders)
     check_transcoders(model, tcs)
     batches = token_batches(tokens, model, min_len=start_pos + 1)
-    names = sorted({n for tc in tcs.values() for n in (tc.cfg.input_site, tc.cfg.output_site)})
+    clt = clt_of(tcs)
+    if clt is not None:  # a cross-layer transcoder: every layer's output needs all earlier layers' latents
+        from tc_circuits.evaluation.splice_clt import evaluate_clt_reconstruction
+
+        return {L: m for L, m in evaluate_clt_reconstruction(model, clt, batches, start_pos=start_pos, bins=bins).items() if L in tcs}
+    names = sorted({s.hook_for(model) for tc in tcs.values() for s in (tc.cfg.in_site, tc.cfg.out_site)})
     acc = {layer: VarianceAccumulator(tc.cfg.d_out) for layer, tc in tcs.items()}
     fires = {layer: torch.zeros(tc.cfg.n_latents, dtype=torch.int64) for layer, tc in tcs.items()}
     l0_sum = {layer: 0.0 for layer in tcs}
@@ -149,8 +155,8 @@ def evaluate_reconstruction(
         n_tokens += batch.shape[0] * (batch.shape[1] - start_pos)
         for layer, tc in tcs.items():
             p = tc.W_enc
-            x = cache[tc.cfg.input_site][:, start_pos:].to(device=p.device, dtype=p.dtype)
-            y = cache[tc.cfg.output_site][:, start_pos:]
+            x = cache[tc.cfg.in_site.hook_for(model)][:, start_pos:].to(device=p.device, dtype=p.dtype)
+            y = cache[tc.cfg.out_site.hook_for(model)][:, start_pos:]
             out = tc(x)
             acc[layer].update(out.output, y)
             active = (out.latents != 0).reshape(-1, tc.cfg.n_latents)
@@ -231,7 +237,7 @@ class SpliceReport:
 
 
 def _mlp_out_means(model: HookedTransformer, layers: list[int], batches: list[Tensor]) -> dict[int, Tensor]:
-    names = [Site(layer, "mlp_out").hook_name for layer in layers]
+    names = [Site(layer, "mlp_out").hook_for(model) for layer in layers]
     sums = {layer: torch.zeros(model.cfg.d_model, dtype=torch.float64) for layer in layers}
     n = 0
     for batch in batches:
@@ -242,7 +248,9 @@ def _mlp_out_means(model: HookedTransformer, layers: list[int], batches: list[Te
     return {layer: (s / n) for layer, s in sums.items()}
 
 
-def _ablation_hooks(layers: tuple[int, ...], means: dict[int, Tensor] | None) -> list[tuple[str, Any]]:
+def _ablation_hooks(
+    layers: tuple[int, ...], means: dict[int, Tensor] | None, model: Any
+) -> list[tuple[str, Any]]:
     hooks = []
     for layer in layers:
         if means is None:
@@ -255,7 +263,7 @@ def _ablation_hooks(layers: tuple[int, ...], means: dict[int, Tensor] | None) ->
             def hook(act: Tensor, hook: Any, m: Tensor = means[layer]) -> Tensor:
                 return m.to(device=act.device, dtype=act.dtype).expand_as(act).clone()
 
-        hooks.append((Site(layer, "mlp_out").hook_name, hook))
+        hooks.append((Site(layer, "mlp_out").hook_for(model), hook))
     return hooks
 
 
@@ -295,7 +303,7 @@ def evaluate_splice(
             t["spliced"] += float(next_token_ce(spliced, batch).sum())
             t["kl"] += float(kl_per_token(logits[:, :-1], spliced[:, :-1]).sum())
             for key, m in (("zero", None), ("mean", means)):
-                ablated = model.run_with_hooks(batch, fwd_hooks=_ablation_hooks(config, m))
+                ablated = model.run_with_hooks(batch, fwd_hooks=_ablation_hooks(config, m, model))
                 t[key] += float(next_token_ce(ablated, batch).sum())
     ce_orig = ce_orig_total / n
     rows = []

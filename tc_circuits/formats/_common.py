@@ -20,15 +20,19 @@ TL_DEFAULT_PROCESSING: dict[str, bool] = {
 
 
 def tl_model_name(name: str | None) -> str | None:
-    """TransformerLens' ``cfg.model_name`` for ``name`` (``"gpt2-small"`` -> ``"gpt2"``)."""
+    """TransformerLens' ``cfg.model_name`` for ``name`` (``"gpt2-small"`` -> ``"gpt2"``).
+
+    Names TransformerLens knows become its ``cfg.model_name``; any other name (a local model,
+    ``"tc-circuits/organism"``) is kept whole, as the model reports it.
+    """
     if not name:
         return None
     try:
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
         return get_official_model_name(str(name)).split("/")[-1]
-    except ValueError:
-        return str(name).split("/")[-1]
+    except (ValueError, ImportError):  # ImportError: TransformerLens 4 has no HookedTransformer loader
+        return str(name)
 
 
 def check_shape(source: str, name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:
@@ -105,3 +109,88 @@ def finite_or_raise(source: str, tensors: Mapping[str, Tensor]) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"{source}: tensor {name} contains NaN or infinite values")
+
+
+#: Where the MLP-input LayerNorm gain/bias of layer ``L`` live in unprocessed state dicts:
+#: TransformerLens (``fold_ln=False``; RMSNorm has no bias), HF GPT-2, GPT-NeoX, Llama-style
+#: (RMSNorm: no bias). ``(gain key, bias key, bias required)``.
+_LN2_KEYS = (
+    ("blocks.{L}.ln2.w", "blocks.{L}.ln2.b", False),
+    ("transformer.h.{L}.ln_2.weight", "transformer.h.{L}.ln_2.bias", True),
+    ("h.{L}.ln_2.weight", "h.{L}.ln_2.bias", True),
+    ("gpt_neox.layers.{L}.post_attention_layernorm.weight", "gpt_neox.layers.{L}.post_attention_layernorm.bias", True),
+    ("model.layers.{L}.post_attention_layernorm.weight", None, False),
+)
+
+
+def ln2_gain_bias(weights: Any, layer: int, *, source: str = "hf_model") -> tuple[Tensor, Tensor]:
+    """The MLP-input LayerNorm gain ``w`` and bias ``b`` of ``layer`` (``ln_2(x) = n(x) * w + b``).
+
+    ``weights`` is an unprocessed model (HF, or a ``HookedTransformer`` loaded with
+    ``fold_ln=False``) or its state dict. TransformerLens' ``ln2.hook_normalized`` is ``n(x)``
+    (before gain and bias) whatever the processing, so tools that read the LayerNorm *output*
+    (sparsify's ``h.L.mlp`` input, circuit-tracer's ``mlp.hook_in``) need these to map exactly.
+    """
+    sd = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{source}: expected a model or a state dict, got {type(weights).__name__}")
+    if f"model.layers.{layer}.pre_feedforward_layernorm.weight" in sd:
+        raise ValueError(
+            f"{source} is a Hugging Face Gemma-style state dict (pre_feedforward_layernorm, stored as "
+            f"gain - 1); pass the HookedTransformer loaded with fold_ln=False instead"
+        )
+    for w_key, b_key, b_required in _LN2_KEYS:
+        w = sd.get(w_key.format(L=layer))
+        if w is None:
+            continue
+        b = sd.get(b_key.format(L=layer)) if b_key else None
+        if b is None and b_required:
+            continue
+        w = w.detach()
+        return w, (torch.zeros_like(w) if b is None else b.detach())
+    raise ValueError(
+        f"{source} has no MLP-input LayerNorm weights for layer {layer} (looked for "
+        f"{[k.format(L=layer) for k, _, _ in _LN2_KEYS]}); pass the unprocessed model (HF, or "
+        f"HookedTransformer with fold_ln=False) or its state dict"
+    )
+
+
+def fold_input_affine(t: dict[str, Tensor], w: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """Tensors (our orientation, float64) reading ``n`` from ones reading ``n * w + b``.
+
+    ``W_enc' = diag(w) W_enc``, ``b_enc' = b_enc + b @ W_enc``; a skip likewise, its constant
+    going into ``b_dec``.
+    """
+    out = dict(t)
+    w, b = w.double(), b.double()
+    out["b_enc"] = t["b_enc"] + b @ t["W_enc"]
+    out["W_enc"] = w[:, None] * t["W_enc"]
+    if t.get("W_skip") is not None:
+        out["b_dec"] = t["b_dec"] + b @ t["W_skip"]
+        out["W_skip"] = w[:, None] * t["W_skip"]
+    return out
+
+
+def unfold_input_affine(t: dict[str, Tensor], w: Tensor, b: Tensor, *, source: str) -> dict[str, Tensor]:
+    """The inverse of :func:`fold_input_affine` (reading ``n * w + b`` instead of ``n``)."""
+    if (w == 0).any():
+        raise ValueError(f"{source}: the LayerNorm gain has {int((w == 0).sum())} zero entries; cannot unfold it")
+    out = dict(t)
+    inv, shift = 1.0 / w.double(), b.double() / w.double()
+    out["b_enc"] = t["b_enc"] - shift @ t["W_enc"]
+    out["W_enc"] = inv[:, None] * t["W_enc"]
+    if t.get("W_skip") is not None:
+        out["b_dec"] = t["b_dec"] - shift @ t["W_skip"]
+        out["W_skip"] = inv[:, None] * t["W_skip"]
+    return out
+
+
+def center_output(t: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Decoder (and skip) composed with ``P = I - 11^T/d``: what ``center_writing_weights`` does
+    to an MLP's output, so the transcoder reconstructs the centred ``hook_mlp_out``."""
+    out = dict(t)
+    out["W_dec"] = t["W_dec"] - t["W_dec"].mean(-1, keepdim=True)
+    out["b_dec"] = t["b_dec"] - t["b_dec"].mean()
+    if t.get("W_skip") is not None:
+        out["W_skip"] = t["W_skip"] - t["W_skip"].mean(-1, keepdim=True)
+    return out

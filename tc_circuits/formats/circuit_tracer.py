@@ -1,20 +1,41 @@
 """circuit-tracer per-layer transcoder sets: ``config.yaml`` + ``layer_{i}.safetensors``.
 
-Layout (decoderesearch/circuit-tracer, ``SingleLayerTranscoder`` / ``load_transcoder_set``)::
+Layout (circuit-tracer ``load_transcoder_set`` / ``SingleLayerTranscoder``)::
 
-    config.yaml            model_name, model_kind: transcoder_set,
+    config.yaml            model_name, model_kind: transcoder_set, scan,
                            feature_input_hook / feature_output_hook (relative to blocks.{L}),
-                           transcoders: [layer_0.safetensors, ...]   (optional activation, k)
-    layer_{i}.safetensors  W_enc [n, d_in]   (encode = F.linear(x, W_enc, b_enc))
-                           W_dec [n, d_out]  (decode = acts @ W_dec + b_dec)
-                           b_enc [n], b_dec [d_out]
-                           W_skip [d_out, d_in] optional (skip = x @ W_skip.T)
-                           threshold [n] optional (JumpReLU; also read:
-                           activation_function.threshold, log_thresholds)
+                           activation (relu | topk; absent: JumpReLU if the files hold a
+                           threshold, else ReLU), k (TopK), transcoders: [layer files]
+    layer_{i}.safetensors  W_enc [n, d] (encode = F.linear(x, W_enc, b_enc)), b_enc [n],
+                           W_dec [n, d], b_dec [d], W_skip [d, d] optional (x @ W_skip.T),
+                           activation_function.threshold [n] (JumpReLU: z * (z > t))
 
-Ours is ``W_enc [d_in, n]``, ``W_skip [d_in, d_out]``: both are transposed; nothing else changes,
-so export -> import is bit-exact, except that a JumpReLU threshold is stored as ``threshold``
-(what circuit-tracer reads) and ours is ``log_threshold``: ``log(exp(t))`` may differ by an ulp.
+circuit-tracer opens the ``transcoders`` entries as they are written (relative ones against
+the working directory), so the exporter writes absolute paths; the importer also accepts
+entries relative to the config file and, for a moved folder, the file name beside it.
+
+**Conventions at the boundary.** circuit-tracer loads its models *unprocessed*
+(``fold_ln=False, center_writing_weights=False``): its ``mlp.hook_in`` is the LayerNorm output
+``n(x) * w + b`` (gain and bias included) and ``mlp.hook_out`` the uncentred MLP output.
+TransformerLens' ``ln2.hook_normalized`` is ``n(x)`` under any processing, and with
+``center_writing_weights`` ``hook_mlp_out`` is the MLP output minus its mean. So:
+
+* import of ``mlp.hook_in`` folds ``w``/``b`` exactly into encoder and skip
+  (needs the unprocessed LayerNorm weights, ``hf_model=``); the decoder is centred when the
+  target model has ``center_writing_weights``;
+* export writes ``feature_input_hook: ln2.hook_normalized`` (exact: the same ``n(x)`` in
+  circuit-tracer's unprocessed model) or, given ``hf_model=``, unfolds ``w``/``b`` and writes
+  ``mlp.hook_in``. A centred decoder is written as is: the mean of the MLP output, which it
+  cannot reconstruct, is invisible to every LayerNorm downstream (in circuit-tracer it lands
+  in the error node, whose edges it does not change).
+
+A ``tc_circuits`` block in ``config.yaml`` (ignored by circuit-tracer) keeps the full model
+name, ``d_model``, the processing flags and what was unfolded, so export -> import gives the
+original transcoders back (bit-exact unless a LayerNorm was unfolded and folded again).
+
+TopK is circuit-tracer's ``activation: topk`` + ``k`` (upstream PR #94, on ``main``). The PyPI
+0.5.0 wheel predates it and would read such a file as ReLU, so TopK export is refused unless
+the installed circuit-tracer reads it or ``allow_topk=True`` says the reader will.
 """
 
 from __future__ import annotations
@@ -27,17 +48,31 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
-from tc_circuits.fileio import atomic_write
-from tc_circuits.formats._common import build, check_shape, make_config, require, threshold_to_log
-from tc_circuits.models.sites import Site
 from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
+from tc_circuits.fileio import atomic_write
+from tc_circuits.formats._common import (
+    build,
+    center_output,
+    check_shape,
+    finite_or_raise,
+    fold_input_affine,
+    ln2_gain_bias,
+    make_config,
+    processing_from,
+    require,
+    threshold_to_log,
+    tl_model_name,
+    unfold_input_affine,
+)
+from tc_circuits.models.sites import Site
 
 CONFIG_FILE = "config.yaml"
 
 #: circuit-tracer's relative hook names -> our site kinds (others are TransformerLens names).
 _HOOK_ALIASES = {"mlp.hook_in": "mlp_in", "mlp.hook_out": "mlp_out"}
-_THRESHOLD_KEYS = ("threshold", "activation_function.threshold")
+_THRESHOLD_KEYS = ("activation_function.threshold", "threshold")
 
 
 def _site(hook: str, layer: int, source: str) -> Site:
@@ -49,12 +84,8 @@ def _site(hook: str, layer: int, source: str) -> Site:
         raise ValueError(f"{source}: unsupported hook {hook!r}: {err}") from err
 
 
-def _relative_hook(site: Site) -> str:
-    for alias, kind in _HOOK_ALIASES.items():
-        if site.kind == kind:
-            return alias
-    prefix = f"blocks.{site.layer}."
-    return site.hook_name[len(prefix):]
+def _relative(site: Site) -> str:
+    return site.hook_name[len(f"blocks.{site.layer}."):]
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -80,18 +111,30 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _layer_file(root: Path, entry: str, source: str) -> Path:
-    if str(entry).startswith("hf://"):
-        local = root / str(entry).rsplit("/", 1)[-1].split("?", 1)[0]
+    entry = str(entry)
+    if entry.startswith("hf://"):
+        local = root / entry.rsplit("/", 1)[-1].split("?", 1)[0]
         if local.is_file():
             return local
         raise ValueError(
             f"{source}: layer file {entry!r} is on the hub; download the repository with "
             f"tc_circuits.formats.hub.load_from_hub first"
         )
-    p = root / str(entry)
-    if not p.is_file():
-        raise FileNotFoundError(f"{source}: layer file {p} missing")
-    return p
+    p = Path(entry)
+    for cand in ((p,) if p.is_absolute() else (root / p, p)) + (root / p.name,):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{source}: layer file {entry!r} missing (looked beside {source} too)")
+
+
+def _read_layer(file: Path) -> dict[str, Tensor]:
+    try:
+        t = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"corrupted or truncated safetensors file {file}: {err}") from err
+    require(str(file), t, "W_enc", "W_dec", "b_enc", "b_dec")
+    finite_or_raise(str(file), t)
+    return t
 
 
 def load_layer(
@@ -103,51 +146,73 @@ def load_layer(
     activation: str | None = None,
     k: int | None = None,
     model_name: str | None = None,
+    model_d_model: int | None = None,
     processing: dict[str, bool] | None = None,
+    hf_model: Any = None,
+    output_centered: bool = False,
+    keep_processing: bool = False,
 ) -> Transcoder:
-    """One circuit-tracer ``layer_{i}.safetensors`` file as a :class:`Transcoder`."""
+    """One circuit-tracer ``layer_{i}.safetensors`` file as a :class:`Transcoder`.
+
+    ``processing`` is the target model's (default: ``from_pretrained``'s; recorded as given
+    when ``keep_processing``); see the module docstring for what is folded.
+    ``output_centered``: the decoder is already centred (our own export).
+    """
     source = str(file)
-    try:
-        t = load_file(source)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"corrupted or truncated safetensors file {source}: {err}") from err
-    require(source, t, "W_enc", "W_dec", "b_enc", "b_dec")
+    t = _read_layer(Path(file))
     n, d_in = t["W_enc"].shape
     d_out = t["b_dec"].shape[0]
     check_shape(source, "b_enc", t["b_enc"], (n,))
     check_shape(source, "W_dec", t["W_dec"], (n, d_out))
-    tensors = {
-        "W_enc": t["W_enc"].T.contiguous(),
-        "b_enc": t["b_enc"],
-        "W_dec": t["W_dec"],
-        "b_dec": t["b_dec"],
+    dtype = t["W_enc"].dtype
+    tensors: dict[str, Tensor] = {
+        "W_enc": t["W_enc"].T.double(), "b_enc": t["b_enc"].double(),
+        "W_dec": t["W_dec"].double(), "b_dec": t["b_dec"].double(),
     }
     skip = "W_skip" in t
     if skip:
         check_shape(source, "W_skip", t["W_skip"], (d_out, d_in))
-        tensors["W_skip"] = t["W_skip"].T.contiguous()
+        tensors["W_skip"] = t["W_skip"].T.double()
     thr_key = next((key for key in _THRESHOLD_KEYS if key in t), None)
-    if thr_key is not None or "log_thresholds" in t:
+    act = {None: "relu", "relu": "relu", "topk": "topk", "jump_relu": "jumprelu",
+           "jumprelu": "jumprelu"}.get(activation, "?")
+    if act == "?":
+        raise ValueError(f"{source}: unsupported activation {activation!r}")
+    log_threshold = None
+    if act != "topk" and (thr_key is not None or "log_thresholds" in t):
         act = "jumprelu"
         if thr_key is not None:
             check_shape(source, thr_key, t[thr_key], (n,))
-            tensors["log_threshold"] = threshold_to_log(source, t[thr_key])
+            log_threshold = threshold_to_log(source, t[thr_key])
         else:
             check_shape(source, "log_thresholds", t["log_thresholds"], (n,))
-            tensors["log_threshold"] = t["log_thresholds"]
-    else:
-        act = {None: "relu", "relu": "relu", "topk": "topk", "jump_relu": "jumprelu",
-               "jumprelu": "jumprelu"}.get(activation, "?")
-        if act == "?":
-            raise ValueError(f"{source}: unsupported activation {activation!r}")
-        if act == "jumprelu":
-            raise ValueError(f"{source}: activation is JumpReLU but the file holds no threshold")
+            log_threshold = t["log_thresholds"]
+    elif act == "jumprelu":
+        raise ValueError(f"{source}: activation is JumpReLU but the file holds no threshold")
+    if act == "topk" and k is None:
+        raise ValueError(f"{source}: activation is topk but config.yaml gives no k")
+    proc = dict(processing or {}) if keep_processing else processing_from(processing)
+    in_site, out_site = _site(input_hook, layer, source), _site(output_hook, layer, source)
+    if input_hook == "mlp.hook_in":
+        if hf_model is None:
+            raise ValueError(
+                f"{source}: circuit-tracer's mlp.hook_in is the LayerNorm output n(x) * w + b (its "
+                f"models load unprocessed), TransformerLens' ln2.hook_normalized is n(x); pass "
+                f"hf_model= (the unprocessed model or its state dict) so w and b fold in exactly"
+            )
+        w, b = ln2_gain_bias(hf_model, layer)
+        check_shape(source, "ln2 weight", w, (d_in,))
+        tensors = fold_input_affine(tensors, w, b)
+    if output_hook in ("mlp.hook_out", "hook_mlp_out") and proc.get("center_writing_weights") and not output_centered:
+        tensors = center_output(tensors)
+    tensors = {key: v.to(dtype).contiguous() for key, v in tensors.items()}
+    if log_threshold is not None:
+        tensors["log_threshold"] = log_threshold
     cfg = make_config(
         d_in=d_in, d_out=d_out, n_latents=n,
-        input_site=_site(input_hook, layer, source).hook_name,
-        output_site=_site(output_hook, layer, source).hook_name,
+        input_site=in_site.hook_name, output_site=out_site.hook_name,
         activation=act, k=k, skip=skip,
-        model_name=model_name, weight_processing=dict(processing or {}),
+        model_name=model_name, model_d_model=model_d_model, weight_processing=proc,
         extra={"source_format": "circuit-tracer"},
     )
     return build(cfg, tensors, source=source)
@@ -157,16 +222,26 @@ def load_circuit_tracer(
     path: str | os.PathLike,
     *,
     processing: dict[str, bool] | None = None,
+    hf_model: Any = None,
+    model_name: str | None = None,
 ) -> TranscoderSet:
     """A circuit-tracer transcoder-set folder (``config.yaml`` + layer files) as a TranscoderSet.
 
-    ``processing`` records the TransformerLens weight processing the transcoders assume
-    (circuit-tracer's own files do not say; default: nothing recorded).
+    Args:
+        path: the folder holding ``config.yaml``.
+        processing: TransformerLens processing of the model the transcoders will run on
+            (default: what our export recorded, else ``from_pretrained``'s).
+        hf_model: the unprocessed model (HF, or a ``HookedTransformer`` with ``fold_ln=False``)
+            or its state dict: its MLP-input LayerNorm gain/bias fold into the encoder when the
+            set reads ``mlp.hook_in``.
+        model_name: overrides the config's ``model_name``.
     """
-    from tc_circuits.formats._common import tl_model_name
-
     root = Path(path)
     raw = read_config(root)
+    ours = raw.get("tc_circuits") or {}
+    keep = processing is None and "weight_processing" in ours
+    if keep:
+        processing = ours["weight_processing"]
     out = TranscoderSet()
     for layer, entry in enumerate(raw["transcoders"]):
         file = _layer_file(root, entry, str(root / CONFIG_FILE))
@@ -177,59 +252,133 @@ def load_circuit_tracer(
             file, layer,
             input_hook=raw["feature_input_hook"], output_hook=raw["feature_output_hook"],
             activation=raw.get("activation"), k=raw.get("k"),
-            model_name=tl_model_name(raw.get("model_name")), processing=processing,
+            model_name=model_name or ours.get("model_name") or tl_model_name(raw.get("model_name")),
+            model_d_model=ours.get("model_d_model"), processing=processing, hf_model=hf_model,
+            output_centered=bool(ours.get("output_centered", False)), keep_processing=keep,
         )
     return out
 
 
+def installed_reads_topk() -> bool | None:
+    """Whether the installed circuit-tracer reads ``activation: topk`` (``None``: not installed).
+
+    Feature-detected (``load_transcoder_set`` takes ``activation``/``k``): version numbers do
+    not tell, the PyPI 0.5.0 wheel predates the TopK support that upstream ``main`` has.
+    """
+    import importlib.util
+    import inspect
+
+    if importlib.util.find_spec("circuit_tracer") is None:
+        return None
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+    return "activation" in inspect.signature(load_transcoder_set).parameters
+
+
 def save_circuit_tracer(
-    transcoders: TranscoderSet | dict[int, Transcoder], path: str | os.PathLike, *, model_name: str | None = None
+    transcoders: TranscoderSet | dict[int, Transcoder],
+    path: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    scan: str | None = None,
+    hf_model: Any = None,
+    allow_topk: bool | None = None,
 ) -> Path:
-    """Write ``transcoders`` as a circuit-tracer transcoder set (layers 0..L-1, one per layer)."""
+    """Write ``transcoders`` as a circuit-tracer transcoder set (layers 0..L-1, one per layer).
+
+    Args:
+        transcoders: one transcoder per layer, all reading the same relative site.
+        path: output folder (``config.yaml`` + ``layer_{i}.safetensors``).
+        model_name: circuit-tracer's ``model_name`` (default: the transcoders').
+        scan: circuit-tracer's / Neuronpedia's id of the set (default: from the model name).
+        hf_model: the unprocessed model or its state dict; given, MLP-input transcoders are
+            unfolded to read circuit-tracer's ``mlp.hook_in`` (else they read
+            ``ln2.hook_normalized``, the same activation, exactly).
+        allow_topk: write TopK sets (``activation: topk`` + ``k``). Default: only when the
+            installed circuit-tracer reads them; releases without TopK support (PyPI 0.5.0)
+            would silently read ReLU, so without one installed TopK is refused unless ``True``.
+    """
     layers = sorted(transcoders)
-    if layers != list(range(len(layers))):
+    if not layers or layers != list(range(len(layers))):
         raise ValueError(f"circuit-tracer needs one transcoder for every layer 0..L-1, got layers {layers}")
     first = transcoders[layers[0]].cfg
-    in_rel, out_rel = _relative_hook(first.in_site), _relative_hook(first.out_site)
     activations = {transcoders[layer].cfg.activation for layer in layers}
     ks = {transcoders[layer].cfg.k for layer in layers}
     if len(activations) != 1 or (activations == {"topk"} and len(ks) != 1):
         raise ValueError(f"circuit-tracer sets share one activation; got {activations} with k in {ks}")
+    activation = activations.pop()
+    if activation == "topk" and not allow_topk:
+        reads = installed_reads_topk()
+        if allow_topk is False or not reads:
+            why = {None: "no circuit-tracer is installed to check", False: "the installed circuit-tracer "
+                   "has no TopK support"}.get(reads, "allow_topk=False")
+            raise ValueError(
+                f"refusing to write TopK transcoders for circuit-tracer ({why}): releases without "
+                f"'activation: topk' support (the PyPI 0.5.0 wheel) read them as ReLU, silently wrong. "
+                f"Upstream circuit-tracer main (PR #94) reads them; pass allow_topk=True "
+                f"(tc-circuits convert --allow-topk) to write them for it"
+            )
+    unfold = hf_model is not None and first.in_site.kind == "mlp_in"
+    in_rel = "mlp.hook_in" if unfold else _relative(first.in_site)
+    out_rel = "mlp.hook_out" if first.out_site.kind == "mlp_out" else _relative(first.out_site)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     files = []
     for layer in layers:
         tc = transcoders[layer]
         c = tc.cfg
-        if (_relative_hook(c.in_site), _relative_hook(c.out_site)) != (in_rel, out_rel) or c.layer != layer:
+        if c.layer != layer or c.in_site.layer != layer or (c.in_site.kind, c.out_site.kind) != (
+            first.in_site.kind, first.out_site.kind
+        ):
             raise ValueError(f"layer {layer}: sites {c.input_site} -> {c.output_site} differ from layer 0's pattern")
+        if c.d_in != c.d_out:
+            raise ValueError(f"layer {layer}: circuit-tracer transcoders map d_model -> d_model; got {c.d_in} -> {c.d_out}")
+        t = {name: p.detach() for name, p in tc.named_parameters() if name != "log_threshold"}
+        if unfold:
+            w, b = ln2_gain_bias(hf_model, layer)
+            dtype = t["W_enc"].dtype
+            t = unfold_input_affine({key: v.double() for key, v in t.items()}, w, b, source=f"layer {layer}")
+            t = {key: v.to(dtype) for key, v in t.items()}
         tensors = {
-            "W_enc": tc.W_enc.detach().T.contiguous(),
-            "W_dec": tc.W_dec.detach().contiguous(),
-            "b_enc": tc.b_enc.detach().contiguous(),
-            "b_dec": tc.b_dec.detach().contiguous(),
+            "W_enc": t["W_enc"].T.contiguous(), "W_dec": t["W_dec"].contiguous(),
+            "b_enc": t["b_enc"].contiguous(), "b_dec": t["b_dec"].contiguous(),
         }
-        if tc.W_skip is not None:
-            tensors["W_skip"] = tc.W_skip.detach().T.contiguous()
+        if "W_skip" in t:
+            tensors["W_skip"] = t["W_skip"].T.contiguous()
         if tc.log_threshold is not None:
-            tensors["threshold"] = tc.log_threshold.detach().exp().contiguous()
+            tensors["activation_function.threshold"] = tc.log_threshold.detach().exp().contiguous()
         name = f"layer_{layer}.safetensors"
         atomic_write(root / name, lambda p, t=tensors: save_file(t, p))
-        files.append(name)
-    activation = activations.pop()
+        files.append(str((root / name).resolve()))
+    name = model_name or first.model_name or "model"
     cfg: dict[str, Any] = {
-        "model_name": model_name or first.model_name,
+        "model_name": name,
         "model_kind": "transcoder_set",
+        "scan": scan or default_scan(name),
         "feature_input_hook": in_rel,
         "feature_output_hook": out_rel,
-        "activation": {"jumprelu": "jump_relu"}.get(activation, activation),
-        "transcoders": files,
     }
+    if activation in ("relu", "topk"):
+        cfg["activation"] = activation
     if activation == "topk":
-        cfg["k"] = ks.pop()
+        cfg["k"] = int(ks.pop())
+    cfg["transcoders"] = files
+    cfg["tc_circuits"] = {
+        "model_name": first.model_name,
+        "model_d_model": first.model_d_model,
+        "weight_processing": {k: bool(v) for k, v in first.weight_processing.items()},
+        "output_centered": bool(first.weight_processing.get("center_writing_weights", False)),
+        "input_unfolded": unfold,
+    }
     text = yaml.safe_dump(cfg, sort_keys=False)
     atomic_write(root / CONFIG_FILE, lambda p: Path(p).write_text(text))
     return root
 
 
-__all__ = ["load_circuit_tracer", "load_layer", "read_config", "save_circuit_tracer"]
+def default_scan(model_name: str) -> str:
+    """A ``scan`` id without ``/`` (Neuronpedia and circuit-tracer use it in URLs and file names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model_name}-transcoders").strip("-")
+
+
+__all__ = ["default_scan", "installed_reads_topk", "load_circuit_tracer", "load_layer",
+           "read_config", "save_circuit_tracer"]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tc_circuits.coders.clt import CLT_CONFIG_NAME, CrossLayerTranscoder
 from tc_circuits.coders.transcoder import CONFIG_NAME, WEIGHTS_NAME, Transcoder, TranscoderSet
 
 #: Supported formats (``--from`` / ``format=`` values).
@@ -17,13 +18,20 @@ def detect_format(path: str | os.PathLike) -> str:
     """The format of the checkpoint at ``path`` (one of :data:`FORMATS`), from its file names."""
     p = Path(path)
     if p.is_file():
-        if p.suffix in _PICKLE_SUFFIXES:
+        suffix = p.suffix if p.suffix != ".gz" else Path(p.stem).suffix
+        if suffix in _PICKLE_SUFFIXES:
             return "dunefsky"
-        raise ValueError(f"cannot tell the format of file {p}; expected a folder or a .pt file")
+        raise ValueError(
+            f"cannot tell the format of file {p}; expected a folder (circuit-tracer, sparsify, "
+            f"SAELens, tc_circuits) or a Dunefsky torch pickle ({', '.join(_PICKLE_SUFFIXES)}, "
+            f"optionally gzip-compressed: .pkl.gz)"
+        )
     if not p.is_dir():
         raise FileNotFoundError(f"no such checkpoint: {p}")
     if (p / "config.yaml").is_file():
         return "circuit-tracer"
+    if (p / CLT_CONFIG_NAME).is_file():  # a tc_circuits cross-layer transcoder
+        return "tc_circuits"
     if (p / "cfg.json").is_file():
         if (p / "sae.safetensors").is_file():
             return "sparsify"
@@ -50,7 +58,7 @@ def _is_set(p: Path) -> bool:
 
 def load_any(
     path: str | os.PathLike, *, format: str | None = None, **kwargs: Any
-) -> Transcoder | TranscoderSet:
+) -> Transcoder | TranscoderSet | CrossLayerTranscoder:
     """Load a checkpoint of any supported format (auto-detected unless ``format`` is given).
 
     Folders of several per-layer checkpoints load as a :class:`TranscoderSet`. ``kwargs`` go to
@@ -64,8 +72,14 @@ def load_any(
     if fmt == "tc_circuits":
         if kwargs:
             raise ValueError(f"tc_circuits checkpoints take no options, got {sorted(kwargs)}")
+        if (p / CLT_CONFIG_NAME).is_file():
+            return CrossLayerTranscoder.load(p)
         return TranscoderSet.load(p) if _is_set(p) else Transcoder.load(p)
     if fmt == "circuit-tracer":
+        from tc_circuits.formats.circuit_tracer_clt import is_circuit_tracer_clt, load_circuit_tracer_clt
+
+        if is_circuit_tracer_clt(p):  # model_kind: cross_layer_transcoder
+            return load_circuit_tracer_clt(p, **kwargs)
         from tc_circuits.formats.circuit_tracer import load_circuit_tracer
 
         return load_circuit_tracer(p, **kwargs)

@@ -70,4 +70,51 @@ def load_from_hub(
     return load_any(path, format=format, **load_kwargs)
 
 
-__all__ = ["download", "load_from_hub"]
+def saelens_release(release: str, sae_id: str) -> dict[str, Any]:
+    """``repo_id``, ``path``, ``config_overrides`` and ``norm_scaling_factor`` of a SAELens
+    pretrained release entry (from the installed ``sae_lens``' ``pretrained_saes.yaml``)."""
+    try:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    except ImportError as err:
+        raise ValueError(
+            f"resolving the SAELens release {release!r} needs the sae-lens package (its release "
+            f"directory); without it, pass the hub repository: load_from_hub(repo_id, subfolder=path)"
+        ) from err
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise ValueError(f"unknown SAELens release {release!r}")
+    entry = directory[release]
+    if sae_id not in entry.saes_map:
+        raise ValueError(f"SAELens release {release!r} has no SAE {sae_id!r} (e.g. {sorted(entry.saes_map)[:3]})")
+    if entry.conversion_func not in (None, "sae_lens"):
+        raise ValueError(
+            f"SAELens release {release!r} is stored as {entry.conversion_func!r}, not in SAELens' own "
+            f"cfg.json + sae_weights.safetensors format; only the latter is supported"
+        )
+    overrides = entry.config_overrides or {}
+    return {
+        "repo_id": entry.repo_id,
+        "path": entry.saes_map[sae_id],
+        "config_overrides": dict(overrides),
+        "norm_scaling_factor": (entry.norm_scaling_factor or {}).get(sae_id),
+    }
+
+
+def load_saelens_release(
+    release: str,
+    sae_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Transcoder:
+    """A SAELens pretrained-release SAE (``SAE.from_pretrained(release, sae_id)``'s reference),
+    downloaded through the Hugging Face cache (``HF_HUB_OFFLINE=1`` reuses it offline), with
+    the release's config overrides and norm scaling factor applied as SAELens applies them."""
+    from tc_circuits.formats.saelens import load_saelens
+
+    ref = saelens_release(release, sae_id)
+    folder = download(ref["repo_id"], subfolder=ref["path"], revision=revision, cache_dir=cache_dir)
+    return load_saelens(folder, overrides=ref["config_overrides"], scaling_factor=ref["norm_scaling_factor"])
+
+
+__all__ = ["download", "load_from_hub", "load_saelens_release", "saelens_release"]

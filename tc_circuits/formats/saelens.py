@@ -6,11 +6,25 @@ Layout (jbloomAus/SAELens ``SAE.save_model``; tensors as in ``sae_lens/saes``)::
     W_skip [d_out, d_in]  (skip transcoders: skip = x @ W_skip.T)
     threshold [d_sae]     (JumpReLU: relu(z) * (z > threshold))
 
-``cfg.json`` has ``architecture`` (standard / topk / jumprelu / transcoder / skip_transcoder /
-jumprelu_transcoder), ``d_in``, ``d_sae``, ``d_out``, ``k``, ``apply_b_dec_to_input`` (SAEs only:
-the encoder sees ``x - b_dec``; folded exactly into ``b_enc``), ``normalize_activations``,
-``hook_name`` (top level in SAELens < 6, in ``metadata`` since 6), ``hook_name_out`` and
-``metadata.model_from_pretrained_kwargs`` (the TransformerLens processing the SAE assumes).
+``cfg.json`` has ``architecture`` (standard / topk / jumprelu / gated / transcoder /
+skip_transcoder / jumprelu_transcoder / jumprelu_skip_transcoder), ``d_in``, ``d_sae``,
+``d_out``, ``k``, ``apply_b_dec_to_input`` (the encoder sees ``x - b_dec``; folded exactly into
+``b_enc``), ``normalize_activations``, ``rescale_acts_by_decoder_norm``, ``hook_name`` (top
+level in SAELens < 6, in ``metadata`` since 6), ``hook_name_out``,
+``metadata.model_from_pretrained_kwargs`` (the TransformerLens processing the SAE assumes) and
+``metadata.sae_lens_version`` (without it SAELens reads the file as a pre-6.0 config).
+
+Folded exactly into our weights (float64, rounded once):
+
+* ``rescale_acts_by_decoder_norm`` (SAELens' TopK default): ``pre * |W_dec_i|`` before TopK,
+  ``acts / |W_dec_i|`` before decoding -> ``W_enc' = W_enc |W_dec|``, ``b_enc' = b_enc |W_dec|``,
+  ``W_dec' = W_dec / |W_dec|`` (SAELens' own ``fold_W_dec_norm``);
+* ``normalize_activations="expected_average_only_in"``: SAELens' trainer folds the scaling
+  factor into the weights it saves at the end (its inference forward then applies none); a
+  mid-training checkpoint has it in ``activation_scaler.json`` and it is folded here as
+  SAELens' ``fold_activation_norm_scaling_factor`` does;
+* gated SAEs: ``(x W + b_gate > 0) * relu(x W e^r + b_mag)`` is a JumpReLU on
+  ``z = x W e^r + b_mag`` with threshold ``max(b_mag - e^r b_gate, 0)``.
 """
 
 from __future__ import annotations
@@ -28,7 +42,6 @@ from tc_circuits.formats._common import (
     build,
     check_shape,
     finite_or_raise,
-    fold_pre_encoder_bias,
     make_config,
     processing_from,
     require,
@@ -49,7 +62,12 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "transcoder": ("relu", True),
     "skip_transcoder": ("relu", True),
     "jumprelu_transcoder": ("jumprelu", True),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+    "gated": ("jumprelu", False),
 }
+#: SAELens version our cfg.json claims (the 6.x layout it is written in).
+SAELENS_VERSION = "6.54.0"
+SCALER_FILE = "activation_scaler.json"
 
 
 def _get(raw: dict[str, Any], key: str) -> Any:
@@ -57,8 +75,18 @@ def _get(raw: dict[str, Any], key: str) -> Any:
     return raw.get(key) if raw.get(key) is not None else meta.get(key)
 
 
-def load_saelens(path: str | os.PathLike) -> Transcoder:
-    """A SAELens SAE / transcoder / skip-transcoder folder as a :class:`Transcoder`."""
+def load_saelens(
+    path: str | os.PathLike,
+    *,
+    overrides: dict[str, Any] | None = None,
+    scaling_factor: float | None = None,
+) -> Transcoder:
+    """A SAELens SAE / transcoder / skip-transcoder folder as a :class:`Transcoder`.
+
+    ``overrides`` (a pretrained release's ``config_overrides``) update ``cfg.json`` as SAELens'
+    ``from_pretrained`` does; ``scaling_factor`` (a release's ``norm_scaling_factor``) is
+    folded like ``fold_activation_norm_scaling_factor``.
+    """
     root = Path(path)
     cfg_path, w_path = root / CFG_FILE, root / WEIGHTS_FILE
     for f in (cfg_path, w_path):
@@ -69,15 +97,26 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
     except json.JSONDecodeError as err:
         raise ValueError(f"corrupted {cfg_path}: {err}") from err
     source = str(root)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    if isinstance(raw.get("metadata"), dict) and "model_from_pretrained_kwargs" in (overrides or {}):
+        raw["metadata"]["model_from_pretrained_kwargs"] = {
+            **(raw["metadata"].get("model_from_pretrained_kwargs") or {}), **overrides["model_from_pretrained_kwargs"]}
     arch = raw.get("architecture", "standard")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{source}: SAELens architecture {arch!r} is not supported; expected one of {sorted(ARCHITECTURES)}")
     activation, is_transcoder = ARCHITECTURES[arch]
-    for key, ok in (("normalize_activations", "none"), ("reshape_activations", "none")):
-        if raw.get(key, ok) not in (ok, None):
-            raise ValueError(f"{source}: {key}={raw[key]!r} cannot be mapped exactly (only {ok!r})")
-    if raw.get("rescale_acts_by_decoder_norm"):
-        raise ValueError(f"{source}: rescale_acts_by_decoder_norm=True is not supported")
+    norm = raw.get("normalize_activations") or "none"
+    if norm not in ("none", "expected_average_only_in"):
+        raise ValueError(
+            f"{source}: normalize_activations={norm!r} cannot be mapped exactly "
+            f"(only 'none' and 'expected_average_only_in')"
+        )
+    if (raw.get("reshape_activations") or "none") != "none":
+        raise ValueError(f"{source}: reshape_activations={raw['reshape_activations']!r} cannot be mapped exactly")
     for key in ("hook_head_index", "hook_head_index_out"):
         if _get(raw, key) is not None:
             raise ValueError(f"{source}: per-head SAEs ({key}={_get(raw, key)}) are not supported")
@@ -89,28 +128,50 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
         t = load_file(str(w_path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"corrupted or truncated safetensors file {w_path}: {err}") from err
-    require(source, t, "W_enc", "b_enc", "W_dec", "b_dec")
+    require(source, t, "W_enc", "W_dec", "b_dec", *(("b_gate", "b_mag", "r_mag") if arch == "gated" else ("b_enc",)))
     finite_or_raise(source, t)
+    if arch == "gated":
+        t = dict(t)
+        scale = t["r_mag"].double().exp()
+        theta = (t["b_mag"].double() - scale * t["b_gate"].double()).clamp_min(0)
+        t["W_enc"] = (t["W_enc"].double() * scale).to(t["W_enc"].dtype)
+        t["b_enc"], t["threshold"] = t["b_mag"], theta.to(t["b_mag"].dtype)
     d_in, n = int(raw["d_in"]), int(raw["d_sae"])
     d_out = int(raw.get("d_out", d_in)) if is_transcoder else d_in
     check_shape(source, "W_enc", t["W_enc"], (d_in, n))
     check_shape(source, "b_enc", t["b_enc"], (n,))
     check_shape(source, "W_dec", t["W_dec"], (n, d_out))
     check_shape(source, "b_dec", t["b_dec"], (d_out,))
-    b_enc = t["b_enc"]
-    if not is_transcoder and raw.get("apply_b_dec_to_input", True):
-        b_enc = fold_pre_encoder_bias(t["W_enc"], b_enc, t["b_dec"])
-    tensors = {"W_enc": t["W_enc"], "b_enc": b_enc, "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    dtype = t["W_enc"].dtype
+    W_enc, b_enc, W_dec, b_dec = (t[key].double() for key in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    thr = t["threshold"].double() if "threshold" in t else None
+    scaler = _scaling_factor(root) if norm == "expected_average_only_in" else None
+    if scaling_factor is not None:
+        if not scaling_factor > 0:
+            raise ValueError(f"{source}: scaling_factor must be positive, got {scaling_factor!r}")
+        scaler = float(scaling_factor)
+    if scaler is not None:  # SAELens fold_activation_norm_scaling_factor
+        W_enc, W_dec, b_dec = W_enc * scaler, W_dec / scaler, b_dec / scaler
+    if not is_transcoder and raw.get("apply_b_dec_to_input", True):  # transcoders never apply it
+        b_enc = b_enc - b_dec @ W_enc
+    if raw.get("rescale_acts_by_decoder_norm"):  # SAELens fold_W_dec_norm
+        norms = W_dec.norm(dim=-1)
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+        if thr is not None:
+            thr = thr * norms
+    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     skip = "W_skip" in t
-    if arch == "skip_transcoder" and not skip:
-        raise ValueError(f"{source}: skip_transcoder without a W_skip tensor")
+    if arch.endswith("skip_transcoder") and not skip:
+        raise ValueError(f"{source}: {arch} without a W_skip tensor")
     if skip:
         check_shape(source, "W_skip", t["W_skip"], (d_out, d_in))
-        tensors["W_skip"] = t["W_skip"].T.contiguous()
+        tensors["W_skip"] = t["W_skip"].double().T
+    tensors = {key: v.to(dtype).contiguous() for key, v in tensors.items()}
     if activation == "jumprelu":
         require(source, t, "threshold")
         check_shape(source, "threshold", t["threshold"], (n,))
-        tensors["log_threshold"] = threshold_to_log(source, t["threshold"])
+        # SAELens' JumpReLU is relu(z) * (z > t): for t < 0 that is ours with t = 0
+        tensors["log_threshold"] = threshold_to_log(source, thr.clamp_min(0).to(dtype))
     try:
         in_site, out_site = Site.parse(hook_in), Site.parse(hook_out)
     except ValueError as err:
@@ -123,27 +184,44 @@ def load_saelens(path: str | os.PathLike) -> Transcoder:
         activation=activation, k=raw.get("k"), skip=skip,
         model_name=tl_model_name(_get(raw, "model_name")),
         weight_processing=processing_from(kwargs),
+        model_d_model=(raw.get("tc_circuits") or meta.get("tc_circuits") or {}).get("model_d_model"),
         extra={"source_format": "saelens", "architecture": arch},
     )
     return build(cfg, tensors, source=source)
 
 
+def _scaling_factor(root: Path) -> float | None:
+    """The unfolded activation scaling factor of a mid-training SAELens checkpoint, if any."""
+    f = root / SCALER_FILE
+    if not f.is_file():
+        return None
+    try:
+        value = json.loads(f.read_text()).get("scaling_factor")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"corrupted {f}: {err}") from err
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{f}: scaling_factor must be a positive number, got {value!r}")
+    return None if value is None else float(value)
+
+
 def save_saelens(tc: Transcoder, path: str | os.PathLike) -> Path:
     """Write ``tc`` as a SAELens folder (``apply_b_dec_to_input=False``, so the export is exact).
 
-    SAELens has no TopK or JumpReLU *skip* transcoder and no TopK transcoder; those raise.
+    Every architecture SAELens 6 has: SAEs (standard / topk / jumprelu), transcoders and skip
+    transcoders (ReLU and JumpReLU). SAELens has no TopK transcoder; that raises.
     """
     c = tc.cfg
     if c.is_sae and not c.skip:
         arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[c.activation]
-    elif c.skip:
-        if c.activation != "relu":
-            raise ValueError(f"SAELens has no {c.activation} skip transcoder (only ReLU 'skip_transcoder')")
-        arch = "skip_transcoder"
     else:
         if c.activation == "topk":
-            raise ValueError("SAELens has no TopK transcoder (only ReLU 'transcoder' and 'jumprelu_transcoder')")
+            raise ValueError(
+                "SAELens has no TopK transcoder or TopK skip transcoder (its transcoders are ReLU "
+                "or JumpReLU); export to circuit-tracer or sparsify instead"
+            )
         arch = {"relu": "transcoder", "jumprelu": "jumprelu_transcoder"}[c.activation]
+        if c.skip:
+            arch = {"transcoder": "skip_transcoder", "jumprelu_transcoder": "jumprelu_skip_transcoder"}[arch]
     tensors = {
         "W_enc": tc.W_enc.detach().contiguous(),
         "b_enc": tc.b_enc.detach().contiguous(),
@@ -164,6 +242,7 @@ def save_saelens(tc: Transcoder, path: str | os.PathLike) -> Path:
         "device": "cpu",
         "apply_b_dec_to_input": False,
         "normalize_activations": "none",
+        "rescale_acts_by_decoder_norm": False,
         "reshape_activations": "none",
         "hook_name": in_site.hook_name,
         "metadata": {
@@ -171,6 +250,10 @@ def save_saelens(tc: Transcoder, path: str | os.PathLike) -> Path:
             "hook_name": in_site.hook_name,
             "hook_head_index": None,
             "model_from_pretrained_kwargs": processing,
+            "sae_lens_version": SAELENS_VERSION,
+            "sae_lens_training_version": SAELENS_VERSION,
+            # SAELens keeps unknown metadata keys when it loads and re-saves
+            "tc_circuits": {"model_d_model": c.model_d_model},
         },
     }
     if arch == "topk":
@@ -178,6 +261,7 @@ def save_saelens(tc: Transcoder, path: str | os.PathLike) -> Path:
     if not c.is_sae or c.skip:
         cfg.update(d_out=c.d_out, hook_name_out=out_site.hook_name,
                    hook_layer_out=out_site.layer, hook_head_index_out=None)
+        cfg["metadata"].update(hook_name_out=out_site.hook_name)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(root / WEIGHTS_FILE, lambda p: save_file(tensors, p))
@@ -186,4 +270,4 @@ def save_saelens(tc: Transcoder, path: str | os.PathLike) -> Path:
     return root
 
 
-__all__ = ["ARCHITECTURES", "load_saelens", "save_saelens"]
+__all__ = ["ARCHITECTURES", "SAELENS_VERSION", "load_saelens", "save_saelens"]

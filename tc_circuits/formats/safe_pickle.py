@@ -11,6 +11,8 @@ is refused with a ``ValueError`` before it runs.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import pickle
 from collections.abc import Iterable
@@ -36,7 +38,7 @@ def safe_torch_load(
     """``torch.load(path, weights_only=True)`` with ``foreign_classes`` read as :class:`ForeignRecord`.
 
     Args:
-        path: a ``torch.save`` file (zip or legacy format).
+        path: a ``torch.save`` file (zip or legacy format; ``.gz``: gzip-compressed).
         foreign_classes: fully qualified names (``"pkg.module.Class"``) of plain data classes
             whose instances may appear; they are rebuilt as :class:`ForeignRecord`, never imported.
 
@@ -45,15 +47,19 @@ def safe_torch_load(
             ``os.system``) or is not a valid torch pickle. Nothing in it has run.
     """
     allowed = [(ForeignRecord, name) for name in foreign_classes]
+    source: Any = os.fspath(path)
     try:
+        if source.endswith(".gz"):  # gzip-compressed pickles (``.pkl.gz``): decompressed in memory
+            with gzip.open(source, "rb") as fh:
+                source = io.BytesIO(fh.read())
         with torch.serialization.safe_globals(allowed):
-            return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"refusing to load {os.fspath(path)!r}: it is not a plain weights pickle "
             f"(the restricted unpickler stopped at: {str(err).splitlines()[0]})"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, gzip.BadGzipFile) as err:
         raise ValueError(f"cannot read {os.fspath(path)!r} as a torch checkpoint: {err}") from err
 
 

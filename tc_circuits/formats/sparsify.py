@@ -44,6 +44,7 @@ from tc_circuits.formats._common import (
     check_shape,
     finite_or_raise,
     fold_pre_encoder_bias,
+    ln2_gain_bias,
     make_config,
     processing_from,
     require,
@@ -69,16 +70,10 @@ def parse_hookpoint(hookpoint: str) -> tuple[int, str]:
 
 
 def ln2_weights(hf_model: nn.Module | Mapping[str, Tensor], layer: int) -> tuple[Tensor, Tensor]:
-    """GPT-2 ``h.{layer}.ln_2`` gain and bias from a HF model or its state dict."""
-    sd = hf_model.state_dict() if isinstance(hf_model, nn.Module) else hf_model
-    for prefix in ("transformer.", ""):
-        w, b = sd.get(f"{prefix}h.{layer}.ln_2.weight"), sd.get(f"{prefix}h.{layer}.ln_2.bias")
-        if w is not None and b is not None:
-            return w.detach(), b.detach()
-    raise ValueError(
-        f"hf_model has no GPT-2 LayerNorm weights 'h.{layer}.ln_2.weight/bias'; the sparsify MLP "
-        f"input cannot be mapped to TransformerLens' ln2.hook_normalized without them"
-    )
+    """The ``h.{layer}.ln_2`` gain and bias from a HF model or its state dict (see
+    :func:`tc_circuits.formats._common.ln2_gain_bias`); the sparsify MLP input cannot be mapped
+    to TransformerLens' ``ln2.hook_normalized`` without them."""
+    return ln2_gain_bias(hf_model, layer)
 
 
 def _read(root: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -214,4 +209,75 @@ def load_sparsify_many(
     return out
 
 
-__all__ = ["ln2_weights", "load_sparsify", "load_sparsify_many", "parse_hookpoint"]
+
+
+def save_sparsify(
+    transcoders: Transcoder | TranscoderSet | Mapping[int, Transcoder],
+    path: str | os.PathLike,
+    *,
+    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+) -> Path:
+    """Write TopK transcoders / SAEs as sparsify hookpoint folders (``h.L.mlp/`` or ``h.L/``)
+    under ``path``, for ``SparseCoder.load_from_disk`` on the Hugging Face model.
+
+    The inverse of :func:`load_sparsify`: an MLP transcoder's LayerNorm gain/bias are unfolded
+    from the encoder and skip (``hf_model=`` gives them), so it reads HF's ``ln_2`` output. A
+    decoder trained on a ``center_writing_weights`` model is written as is: sparsify's target,
+    the uncentred MLP output, differs from it by its mean over d_model, which no LayerNorm
+    downstream sees. sparsify has only TopK, so ReLU / JumpReLU raise; so do SAEs on centred
+    activations (sparsify reads uncentred ones).
+    """
+    from safetensors.torch import save_file
+
+    from tc_circuits.fileio import atomic_write
+    from tc_circuits.formats._common import unfold_input_affine
+
+    items = {transcoders.cfg.layer: transcoders} if isinstance(transcoders, Transcoder) else dict(transcoders)
+    root = Path(path)
+    for layer, tc in sorted(items.items()):
+        c = tc.cfg
+        if c.activation != "topk":
+            raise ValueError(f"layer {layer}: sparsify has only TopK coders, not {c.activation!r}")
+        if c.d_in != c.d_out:
+            raise ValueError(f"layer {layer}: sparsify coders map d_in -> d_in; got {c.d_in} -> {c.d_out}")
+        t = {name: p.detach().double() for name, p in tc.named_parameters()}
+        if c.is_sae and not c.skip:
+            if c.in_site.kind not in ("mlp_out", "resid_post"):
+                raise ValueError(f"layer {layer}: no sparsify hookpoint reads {c.input_site}")
+            if c.weight_processing.get("center_writing_weights", True):
+                raise ValueError(
+                    f"layer {layer}: this SAE reads a centred activation (center_writing_weights); "
+                    f"sparsify reads the uncentred HF one, so it cannot be written exactly"
+                )
+            hookpoint = f"h.{layer}.mlp" if c.in_site.kind == "mlp_out" else f"h.{layer}"
+            t["b_enc"] = t["b_enc"] + t["b_dec"] @ t["W_enc"]  # sparsify encodes x - b_dec
+            transcode = False
+        else:
+            if (c.in_site.kind, c.out_site.kind) != ("mlp_in", "mlp_out") or c.in_site.layer != layer:
+                raise ValueError(f"layer {layer}: sparsify transcoders map h.L.mlp's input to its output, "
+                                 f"not {c.input_site} -> {c.output_site}")
+            if hf_model is None:
+                raise ValueError(
+                    f"layer {layer}: sparsify's h.{layer}.mlp reads HF's ln_2 output n(x) * w + b; pass "
+                    f"hf_model= (the HF model or its state dict) so w and b can be unfolded exactly"
+                )
+            w, b = ln2_weights(hf_model, layer)
+            t = unfold_input_affine(t, w, b, source=f"layer {layer}")
+            hookpoint, transcode = f"h.{layer}.mlp", True
+        dtype = tc.W_enc.dtype
+        tensors = {"encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+        if "W_skip" in t:
+            tensors["W_skip"] = t["W_skip"].T
+        tensors = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
+        cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": False, "num_latents": c.n_latents,
+               "k": int(c.k), "multi_topk": False, "skip_connection": "W_skip" in t, "transcode": transcode,
+               "d_in": c.d_in}
+        folder = root / hookpoint
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / WEIGHTS_FILE, lambda p, t=tensors: save_file(t, p))
+        text = json.dumps(cfg, indent=2)
+        atomic_write(folder / CFG_FILE, lambda p, s=text: Path(p).write_text(s))
+    return root
+
+
+__all__ = ["ln2_weights", "load_sparsify", "load_sparsify_many", "parse_hookpoint", "save_sparsify"]

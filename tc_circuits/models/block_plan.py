@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from tc_circuits.models import backend
 from tc_circuits.models.sites import Site, global_hook
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,15 +119,17 @@ def _norm_plan(model, path: str, scale_hook: str) -> NormPlan:
         module = getattr(module, part, None) if not part.isdigit() else module[int(part)]
         if module is None:
             return NormPlan(path, None, None, False)
-    name = type(module).__name__
-    kinds = {"LayerNorm": "LN", "LayerNormPre": "LN", "RMSNorm": "RMS", "RMSNormPre": "RMS"}
-    if name not in kinds:
-        if name == "Identity" or not hasattr(module, "forward"):
-            return NormPlan(path, None, None, False)
-        raise ValueError(f"norm module {path} is a {name}; expected LayerNorm(Pre) / RMSNorm(Pre)")
+    if not hasattr(module, "forward"):
+        return NormPlan(path, None, None, False)
+    try:
+        kind = backend.norm_kind(module)  # HookedTransformer and bridge norms
+    except ValueError as err:
+        raise ValueError(f"norm module {path}: {err}") from None
+    if kind is None:
+        return NormPlan(path, None, None, False)
     if scale_hook not in model.hook_dict:
         raise ValueError(f"norm {path} has no scale hook {scale_hook!r}")
-    return NormPlan(path, kinds[name], scale_hook, getattr(module, "w", None) is not None)
+    return NormPlan(path, kind, scale_hook, getattr(module, "w", None) is not None)
 
 
 def check_supported(model: HookedTransformer) -> None:
@@ -154,13 +157,13 @@ def block_plan(model: HookedTransformer) -> BlockPlan:
     cfg = model.cfg
     n = int(cfg.n_layers)
     post = bool(getattr(cfg, "use_normalization_before_and_after", False))
-    ln1 = tuple(_norm_plan(model, f"blocks.{L}.ln1", Site(L, "ln1_scale").hook_name) for L in range(n))
-    ln2 = tuple(_norm_plan(model, f"blocks.{L}.ln2", Site(L, "ln2_scale").hook_name) for L in range(n))
+    ln1 = tuple(_norm_plan(model, f"blocks.{L}.ln1", Site(L, "ln1_scale").hook_for(model)) for L in range(n))
+    ln2 = tuple(_norm_plan(model, f"blocks.{L}.ln2", Site(L, "ln2_scale").hook_for(model)) for L in range(n))
     ln1_post = tuple(
-        _norm_plan(model, f"blocks.{L}.ln1_post", Site(L, "ln1_post_scale").hook_name) if post else None
+        _norm_plan(model, f"blocks.{L}.ln1_post", Site(L, "ln1_post_scale").hook_for(model)) if post else None
         for L in range(n)
     )
-    ln_final = _norm_plan(model, "ln_final", global_hook("ln_final_scale"))
+    ln_final = _norm_plan(model, "ln_final", global_hook("ln_final_scale", model))
     cap = float(getattr(cfg, "output_logits_soft_cap", -1.0))
     in_pattern = []
     if cfg.positional_embedding_type != "standard":

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tc_circuits.models import backend as backends
 from tc_circuits.models.hf_config import tl_config_dict
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     tokenizer: Any | None = None,
+    backend: str = "auto",
 ) -> HookedTransformer:
     """A processed ``HookedTransformer`` for a TransformerLens name or a local HF folder.
 
@@ -72,7 +74,20 @@ def load_model(
         device, dtype: where and in which precision to load.
         tokenizer: a tokenizer to attach (default: the folder's own, else GPT-2's for a
             GPT-2-vocabulary model, else none).
+        backend: ``"hooked"`` (HookedTransformer), ``"bridge"`` (a ``TransformerBridge`` in
+            compatibility mode with the same processing, see
+            :func:`tc_circuits.models.backend.load_bridge`), or ``"auto"``: the bridge on
+            TransformerLens 4 (which has no HookedTransformer), else HookedTransformer.
     """
+    if backend not in ("auto", "hooked", "bridge"):
+        raise ValueError(f"backend={backend!r}; expected 'auto', 'hooked' or 'bridge'")
+    if backend == "bridge" or (backend == "auto" and backends.tl_major() >= 4):
+        return backends.load_bridge(
+            local_dir if local_dir is not None else name_or_path,
+            name=None if local_dir is None else str(name_or_path).split("/")[-1],
+            fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            compatibility_mode=True, tokenizer=tokenizer, device=device, dtype=_dtype(dtype),
+        )
     flags = dict(
         fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed
     )

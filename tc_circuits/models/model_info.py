@@ -1,7 +1,8 @@
 """What a checkpoint must know about the model it was trained on.
 
-TransformerLens records ``fold_ln`` on the config (``layer_norm_folding`` /
-``normalization_type``) but not the centering flags, so we read those from the weights:
+HookedTransformer records ``fold_ln`` on the config (``layer_norm_folding`` /
+``normalization_type``); a TransformerBridge does not (:func:`tc_circuits.models.backend.fold_ln`
+reads it there). Neither records the centering flags, so we read those from the weights:
 ``center_writing_weights`` leaves every matrix that writes to the residual stream with zero
 mean over ``d_model``, and ``center_unembed`` leaves ``W_U`` with zero mean over the vocabulary.
 A checkpoint records these flags; loading it onto a model whose flags differ is an error.
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tc_circuits.models import backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -32,14 +35,7 @@ def _centered(weights: list[torch.Tensor], dim: int) -> bool:
 
 def _writing_weights(model: HookedTransformer) -> list[torch.Tensor]:
     """Per-layer matrices that write to the residual stream (no stacked copy of all layers)."""
-    ws = [model.embed.W_E]
-    if hasattr(model, "pos_embed") and hasattr(model.pos_embed, "W_pos"):
-        ws.append(model.pos_embed.W_pos)
-    for block in model.blocks:
-        ws.append(block.attn.W_O)
-        if hasattr(block, "mlp"):
-            ws.append(block.mlp.W_out)
-    return ws
+    return backend.writing_weights(model)
 
 
 def _weights_key(weights: list[torch.Tensor]) -> tuple | None:
@@ -58,13 +54,9 @@ def weight_processing(model: HookedTransformer) -> dict[str, bool]:
     Reading them scans every writing matrix and ``W_U``; the answer is cached on the model
     and recomputed when any of those tensors is replaced or modified in place.
     """
-    cfg = model.cfg
-    fold_ln = bool(getattr(cfg, "layer_norm_folding", False)) or cfg.normalization_type in (
-        "LNPre",
-        "RMSPre",
-    )
+    fold_ln = backend.fold_ln(model)
     writing = _writing_weights(model)
-    W_U = model.unembed.W_U
+    W_U = backend.unembed_weights(model)[0]
     wkey = _weights_key([*writing, W_U])
     key = None if wkey is None else (fold_ln, wkey)
     cached = getattr(model, "_tc_weight_processing", None)
@@ -75,7 +67,7 @@ def weight_processing(model: HookedTransformer) -> dict[str, bool]:
         "center_writing_weights": _centered(writing, -1),
         "center_unembed": _centered([W_U], -1),
     }
-    model._tc_weight_processing = (key, dict(flags))
+    object.__setattr__(model, "_tc_weight_processing", (key, dict(flags)))
     return flags
 
 
@@ -83,7 +75,7 @@ def model_signature(model: HookedTransformer) -> dict[str, Any]:
     """Name, shape and weight processing of ``model``, as recorded in checkpoints."""
     cfg = model.cfg
     return {
-        "model_name": str(cfg.model_name),
+        "model_name": backend.model_name(model),
         "n_layers": int(cfg.n_layers),
         "d_model": int(cfg.d_model),
         "d_vocab": int(cfg.d_vocab),

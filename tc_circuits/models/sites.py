@@ -1,9 +1,18 @@
 """Typed hook sites: the only place TransformerLens hook strings are built or parsed.
 
 A :class:`Site` is a ``(layer, kind)`` pair. ``Site(3, "mlp_in").hook_name`` is
-``"blocks.3.ln2.hook_normalized"``; :meth:`Site.parse` goes the other way. Every other
-module asks this one for hook names, so a model family with other names needs changes here
-only.
+``"blocks.3.ln2.hook_normalized"``, the HookedTransformer name (the backend-neutral identity
+checkpoints record); :meth:`Site.parse` goes the other way. Every other module asks this one
+for hook names, so a model family with other names needs changes here only.
+
+Per backend (:mod:`tc_circuits.models.backend`): ``Site.hook_for(model)`` and
+``global_hook(name, model)`` give the name to hook on *that* model. On a ``TransformerBridge``
+that is its canonical name (:data:`BRIDGE_SITE_KINDS`: ``blocks.3.mlp.hook_out``,
+``blocks.3.hook_in``...), which exists with and without compatibility mode; :meth:`Site.parse`
+accepts the canonical names too. Two legacy names mean something else on a bridge, so the
+canonical names avoid them: the bridge's ``hook_mlp_in`` alias is the MLP's input *after*
+``ln2`` (HookedTransformer's is the residual before it: ``ln2.hook_in`` on a bridge), and its
+``hook_resid_mid`` (= ``ln2.hook_in``) can be read but writing it does not change the residual.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from tc_circuits.models.backend import backend_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -36,6 +47,25 @@ SITE_KINDS: dict[str, str] = {
     "attn_v": "blocks.{L}.attn.hook_v",
 }
 
+#: kind -> canonical ``TransformerBridge`` hook name template (TL 3.x / 4.x).
+BRIDGE_SITE_KINDS: dict[str, str] = {
+    "resid_pre": "blocks.{L}.hook_in",
+    "resid_mid": "blocks.{L}.ln2.hook_in",
+    "resid_post": "blocks.{L}.hook_out",
+    "attn_out": "blocks.{L}.attn.hook_out",
+    "mlp_in": "blocks.{L}.ln2.hook_normalized",
+    "mlp_in_resid": "blocks.{L}.ln2.hook_in",
+    "mlp_pre": "blocks.{L}.mlp.in.hook_out",
+    "mlp_post": "blocks.{L}.mlp.out.hook_in",
+    "mlp_out": "blocks.{L}.mlp.hook_out",
+    "ln1_scale": "blocks.{L}.ln1.hook_scale",
+    "ln1_normalized": "blocks.{L}.ln1.hook_normalized",
+    "ln2_scale": "blocks.{L}.ln2.hook_scale",
+    "attn_pattern": "blocks.{L}.attn.hook_pattern",
+    "attn_z": "blocks.{L}.attn.o.hook_in",
+    "attn_v": "blocks.{L}.attn.v.hook_out",
+}
+
 #: Hook names that belong to no layer.
 GLOBAL_HOOKS: dict[str, str] = {
     "embed": "hook_embed",
@@ -44,9 +74,25 @@ GLOBAL_HOOKS: dict[str, str] = {
     "ln_final_normalized": "ln_final.hook_normalized",
 }
 
-_PATTERNS = [
-    (kind, re.compile("^" + re.escape(tpl).replace(re.escape("{L}"), r"(\d+)") + "$"))
-    for kind, tpl in SITE_KINDS.items()
+#: Canonical ``TransformerBridge`` names of the layer-less hooks.
+BRIDGE_GLOBAL_HOOKS: dict[str, str] = {
+    "embed": "embed.hook_out",
+    "pos_embed": "pos_embed.hook_out",
+    "ln_final_scale": "ln_final.hook_scale",
+    "ln_final_normalized": "ln_final.hook_normalized",
+}
+
+_TEMPLATES = {"hooked": (SITE_KINDS, GLOBAL_HOOKS), "bridge": (BRIDGE_SITE_KINDS, BRIDGE_GLOBAL_HOOKS)}
+
+
+def _pattern(tpl: str) -> re.Pattern:
+    return re.compile("^" + re.escape(tpl).replace(re.escape("{L}"), r"(\d+)") + "$")
+
+
+# legacy names first: a name both backends share (``ln2.hook_normalized``) parses to one kind,
+# and ``ln2.hook_in`` parses to ``resid_mid`` (the same value as ``mlp_in_resid`` on a bridge)
+_PATTERNS = [(kind, _pattern(tpl)) for kind, tpl in SITE_KINDS.items()] + [
+    (kind, _pattern(tpl)) for kind, tpl in BRIDGE_SITE_KINDS.items()
 ]
 
 
@@ -72,8 +118,19 @@ class Site:
 
     @property
     def hook_name(self) -> str:
-        """The TransformerLens hook name of this site."""
+        """The HookedTransformer hook name of this site (the name checkpoints record)."""
         return SITE_KINDS[self.kind].format(L=self.layer)
+
+    def hook_name_in(self, backend: str) -> str:
+        """The hook name of this site on a ``backend`` (``"hooked"`` or ``"bridge"``) model."""
+        if backend not in _TEMPLATES:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {sorted(_TEMPLATES)}")
+        # a kind without a bridge template keeps its legacy name (the bridge's aliases)
+        return _TEMPLATES[backend][0].get(self.kind, SITE_KINDS[self.kind]).format(L=self.layer)
+
+    def hook_for(self, model) -> str:
+        """The hook name of this site on ``model`` (a HookedTransformer or a TransformerBridge)."""
+        return self.hook_name_in(backend_of(model))
 
     @classmethod
     def parse(cls, hook_name: str | Site) -> Site:
@@ -96,8 +153,8 @@ class Site:
             raise ValueError(
                 f"layer {self.layer} out of range for a model with {n_layers} layers ({self.hook_name})"
             )
-        if self.hook_name not in model.hook_dict:
-            raise ValueError(f"hook {self.hook_name!r} does not exist in this model")
+        if self.hook_for(model) not in model.hook_dict:
+            raise ValueError(f"hook {self.hook_for(model)!r} does not exist in this model")
         return self
 
     def __str__(self) -> str:
@@ -114,11 +171,16 @@ def mlp_out(layer: int) -> Site:
     return Site(layer, "mlp_out")
 
 
-def global_hook(name: str) -> str:
-    """Hook name for a layer-less site (``"embed"``, ``"pos_embed"``, ``"ln_final_scale"``...)."""
+def global_hook(name: str, model=None) -> str:
+    """Hook name for a layer-less site (``"embed"``, ``"pos_embed"``, ``"ln_final_scale"``...).
+
+    With ``model``, the name on that model's backend; without, the HookedTransformer name.
+    """
     if name not in GLOBAL_HOOKS:
         raise ValueError(f"unknown global hook {name!r}; expected one of {sorted(GLOBAL_HOOKS)}")
-    return GLOBAL_HOOKS[name]
+    if model is None:
+        return GLOBAL_HOOKS[name]
+    return _TEMPLATES[backend_of(model)][1][name]
 
 
 def site_dim(model: HookedTransformer, site: Site) -> int:

@@ -51,7 +51,7 @@ def gpt2_tokenizer_dir(cache_dir: str | Path | None = None) -> Path:
     folder = root / "gpt2-tokenizer"
     vocab, merges = gpt2_vocab_files()  # the package is the source of truth, cached or not
     if not (folder / "tokenizer.json").is_file():
-        tok = GPT2TokenizerFast(vocab_file=str(vocab), merges_file=str(merges))
+        tok = _from_files(GPT2TokenizerFast, vocab, merges)
         tmp = root / f".gpt2-tokenizer.{os.getpid()}.tmp"
         tok.save_pretrained(str(tmp))
         try:
@@ -63,6 +63,16 @@ def gpt2_tokenizer_dir(cache_dir: str | Path | None = None) -> Path:
 
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _from_files(cls: type, vocab: Path, merges: Path):
+    """Build the tokenizer from ``encoder.json`` + ``vocab.bpe`` (transformers 4 and 5 name them differently)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if "vocab_file" in params:  # transformers 4.x
+        return cls(vocab_file=str(vocab), merges_file=str(merges))
+    return cls(vocab=str(vocab), merges=str(merges))  # transformers 5.x
 
 
 def gpt2_tokenizer(cache_dir: str | Path | None = None) -> GPT2TokenizerFast:

@@ -13,14 +13,18 @@ import json
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from tc_circuits.models.backend import hooked_transformer_class
 from tc_circuits.organism.corpus import documents
 from tc_circuits.organism.tokenizer import ORGANISM_NAME, load_tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 #: Folder of the shipped weights (model, tokenizer, transcoders).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -44,6 +48,9 @@ ARCHITECTURE = dict(
 
 def organism_config(d_vocab: int, seed: int = 0) -> HookedTransformerConfig:
     """The organism's ``HookedTransformerConfig`` for a vocabulary of ``d_vocab`` tokens."""
+    hooked_transformer_class()  # a clear error on TransformerLens 4 (no HookedTransformer)
+    from transformer_lens import HookedTransformerConfig
+
     return HookedTransformerConfig(
         **ARCHITECTURE,
         d_vocab=d_vocab,
@@ -109,7 +116,7 @@ def load_organism(
     tokenizer = organism_tokenizer(weights_dir)
     meta = json.loads((weights_dir / CONFIG_FILE).read_text())
     cfg = organism_config(d_vocab=meta["d_vocab"])
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = hooked_transformer_class()(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_state_dict(load_file(str(model_path)), strict=True)
     if fold_ln or center_writing_weights or center_unembed:
         model.process_weights_(

@@ -24,14 +24,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from tc_circuits.fileio import atomic_write
+from tc_circuits.models.backend import hooked_transformer_class
 from tc_circuits.organism.model import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -42,6 +43,9 @@ from tc_circuits.organism.model import (
     organism_token_source,
 )
 from tc_circuits.organism.tokenizer import build_tokenizer, save_tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens import HookedTransformer
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ def _preserve_global_rng() -> Iterator[None]:
 def train_model(cfg: OrganismTrainConfig, tokenizer, progress: bool = True) -> HookedTransformer:
     """Phase 2: train the organism model from scratch (global RNG states are left as they were)."""
     with _preserve_global_rng():
-        model = HookedTransformer(organism_config(len(tokenizer), seed=cfg.seed), tokenizer=tokenizer)
+        model = hooked_transformer_class()(organism_config(len(tokenizer), seed=cfg.seed), tokenizer=tokenizer)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "W_pos" not in name else no_decay).append(p)

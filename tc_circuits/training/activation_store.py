@@ -124,7 +124,7 @@ class ActivationStore:
             raise ValueError("pairs is empty: nothing to store")
         self.model = model
         self.pairs = {
-            key: (Site.parse(i).check(model).hook_name, Site.parse(o).check(model).hook_name)
+            key: (Site.parse(i).check(model).hook_for(model), Site.parse(o).check(model).hook_for(model))
             for key, (i, o) in pairs.items()
         }
         self.hooks = sorted({h for pair in self.pairs.values() for h in pair})

@@ -139,7 +139,7 @@ def latent_activations(
     for layer in layers:
         if layer not in transcoders:
             raise ValueError(f"no transcoder for layer {layer}; have {sorted(transcoders)}")
-    names = {transcoders[L].cfg.input_site for L in layers}
+    names = {transcoders[L].cfg.in_site.hook_for(model) for L in layers}
     stop = max(transcoders[L].cfg.in_site.layer for L in layers) + 1
     with torch.no_grad():
         _, cache = model.run_with_cache(
@@ -148,7 +148,7 @@ def latent_activations(
         out = torch.empty(*tokens.shape, len(latents), dtype=torch.float32)
         for L in layers:
             tc = transcoders[L]
-            acts = tc.encode(cache[tc.cfg.input_site].to(tc.W_enc.dtype)).float().cpu()
+            acts = tc.encode(cache[tc.cfg.in_site.hook_for(model)].to(tc.W_enc.dtype)).float().cpu()
             cols = [i for i, (lay, _) in enumerate(latents) if lay == L]
             lat = torch.tensor([latents[i][1] for i in cols])
             out[..., cols] = acts[..., lat]

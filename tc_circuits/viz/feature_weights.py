@@ -27,6 +27,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tc_circuits.models import backend
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
@@ -65,8 +67,7 @@ def decode_token(model: HookedTransformer, token_id: int) -> str:
 
 def _ln_linear(ln_module, x: Tensor) -> Tensor:
     """The linear part of a (frozen-scale) LayerNorm: centre over the last dim, times ``w``."""
-    name = type(ln_module).__name__
-    if name.startswith("LayerNorm"):
+    if backend.norm_kind(ln_module) == "LN":  # a HookedTransformer or a bridge norm
         x = x - x.mean(-1, keepdim=True)
     w = getattr(ln_module, "w", None)
     if isinstance(w, Tensor):
