@@ -335,7 +335,7 @@ def run_compare(
                 new_rows, dens, ce_orig = evaluate_dictionaries(model, dicts, eval_batches, task, kind=kind, k=k)
             rows += new_rows
             density.update(dens)
-            extra[f"{kind}_k{k}"] = _extra_metrics(cfg, model, result.transcoders, kind, task, labelled, graph_metrics)
+            extra[f"{kind}_k{k}"] = _extra_metrics(cfg, model, dicts, kind, task, labelled, graph_metrics)
     gt_original = evaluate_task(model, task).original if task is not None else None
     res = CompareResult(cfg, rows, ce_orig, gt_original, density, extra)
     if write:
@@ -344,6 +344,17 @@ def run_compare(
 
 
 def _extra_metrics(cfg, model, transcoders, kind, task, labelled, graph_metrics) -> dict[str, Any]:
+    if kind == "clt":
+        # The per-layer CLT views are new; record why a measurement is missing instead of
+        # failing the whole comparison (other kinds are not guarded).
+        try:
+            return _extra_metrics_of(cfg, model, transcoders, kind, task, labelled, graph_metrics)
+        except (AttributeError, TypeError, ValueError, NotImplementedError) as err:
+            return {"skipped": f"{type(err).__name__}: {err}"}
+    return _extra_metrics_of(cfg, model, transcoders, kind, task, labelled, graph_metrics)
+
+
+def _extra_metrics_of(cfg, model, transcoders, kind, task, labelled, graph_metrics) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if labelled is not None:
         from tc_circuits.evaluation.ground_truth import ground_truth_rows
