@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "attribute": "tc_circuits.attribution",
     "AttributionGraph": "tc_circuits.graph",
+    "CrossLayerTranscoder": "tc_circuits.coders.clt",
     "load_organism": "tc_circuits.organism",
     "load_organism_transcoders": "tc_circuits.organism",
     "Site": "tc_circuits.models.sites",
     "splice": "tc_circuits.evaluation.splice",
     "TrainConfig": "tc_circuits.training.trainer",
+    "train_clt": "tc_circuits.training.clt_trainer",
     "train_transcoders": "tc_circuits.training.trainer",
     "Transcoder": "tc_circuits.coders.transcoder",
     "TranscoderConfig": "tc_circuits.coders.transcoder",
@@ -31,11 +33,13 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from tc_circuits.attribution import attribute
+    from tc_circuits.coders.clt import CrossLayerTranscoder
     from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig, TranscoderOutput, TranscoderSet
     from tc_circuits.evaluation.splice import splice
     from tc_circuits.graph import AttributionGraph
     from tc_circuits.models.sites import Site
     from tc_circuits.organism import load_organism, load_organism_transcoders
+    from tc_circuits.training.clt_trainer import train_clt
     from tc_circuits.training.trainer import TrainConfig, train_transcoders
 
 

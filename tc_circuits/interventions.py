@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.attribution.engine import to_tokens
+from tc_circuits.coders.clt import decode_output, layer_coders
 from tc_circuits.attribution.linearise import check_transcoders
 from tc_circuits.models import backend
 from tc_circuits.models.block_plan import block_plan
@@ -61,17 +62,21 @@ class InterventionResult(NamedTuple):
 
 def intervene(
     model,
-    transcoders: dict,
+    transcoders,
     prompt_or_tokens: str | Int[Tensor, " pos"] | list[int],
     interventions: Iterable[FeatureIntervention | tuple] = (),  # checked below (clear messages)
     *,
     mode: str = "frozen",
     recompute_features: bool = True,
 ) -> InterventionResult:
-    """Run ``model`` with transcoders spliced in (+ clean error) and ``interventions`` applied."""
+    """Run ``model`` with transcoders spliced in (+ clean error) and ``interventions`` applied.
+
+    ``transcoders``: ``{layer: Transcoder}`` or a ``CrossLayerTranscoder`` (whose layer-L
+    latents also feed every later layer's output).
+    """
     if mode not in ("frozen", "live"):
         raise ValueError(f"mode must be 'frozen' or 'live', got {mode!r}")
-    transcoders = {int(k): v for k, v in transcoders.items()}
+    transcoders = layer_coders(transcoders)
     check_transcoders(model, transcoders)
     check_spliceable(transcoders, model.cfg.model_name)
     tokens = to_tokens(model, prompt_or_tokens)
@@ -107,13 +112,15 @@ def intervene(
     with torch.no_grad(), hooks_restored(model):  # an interrupt never leaves a caching hook
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in frozen_names | io_names)
         clean_lat, errors = {}, {}
-        for L, tc in transcoders.items():
-            x = cache[Site(L, "mlp_in").hook_for(model)]
-            out = tc(x.to(tc.W_enc.dtype))
-            clean_lat[L] = out.latents
-            errors[L] = cache[Site(L, "mlp_out").hook_for(model)] - out.output.to(x.dtype)
+        for L, tc in sorted(transcoders.items()):
+            x_model = cache[Site(L, "mlp_in").hook_for(model)]
+            x = x_model.to(tc.W_enc.dtype)
+            clean_lat[L] = tc.encode(x)
+            out = decode_output(transcoders, L, clean_lat, x)
+            errors[L] = cache[Site(L, "mlp_out").hook_for(model)] - out.to(x_model.dtype)
 
     captured: dict[int, Tensor] = {}
+    batch_lat: dict[int, Tensor] = {}  # this pass's latents [1, pos, n] per layer (read by later layers of a CLT)
     acts: dict[int, Tensor] = {}
     pres: dict[int, Tensor] = {}
     hooks = []
@@ -135,7 +142,9 @@ def intervene(
             for iv in here:
                 lat[:, iv.pos, iv.latent] = iv.value
             acts[L], pres[L] = lat[0].detach(), pre[0].detach()
-            return (tc.decode(lat, x) + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
+            batch_lat[L] = lat
+            out = decode_output(transcoders, L, batch_lat, x)
+            return (out + errors[L].to(tc.W_dec.dtype)).to(y.dtype)
 
         hooks += [(Site(L, "mlp_in").hook_for(model), capture), (Site(L, "mlp_out").hook_for(model), replace)]
     with torch.no_grad(), temporary_hooks(model, hooks):

@@ -187,8 +187,12 @@ def _compute_rows(
     """Incoming edges of ``len(row_nodes)`` nodes with one transposed frozen pass.
 
     With ``layouts`` (``{layer: position_layout(lin, layer)}``, filled lazily) feature
-    edges use the position-batched fast path; ``None`` uses the plain reference.
+    edges use the position-batched fast path; ``None`` uses the plain reference. A
+    cross-layer transcoder's layer-L features read the gradients of every output layer
+    ``L' >= L``: the yielded gradients are kept until layer 0 (``grads``; only for a CLT).
     """
+    keep = lin.is_cross_layer
+    grads: dict[int, Tensor] = {}
     for L, g in lin.vjp(layers, positions, vectors):
         B, P, d = g.shape
         ar = torch.arange(P)
@@ -198,14 +202,15 @@ def _compute_rows(
                 sink.add(row_nodes, lay.pos0 + ar, torch.einsum("bpd,pd->bp", g, lin.pos_embed[:P]))
             continue
         sink.add(row_nodes, lay.err0 + L * lay.P + ar, torch.einsum("bpd,pd->bp", g, lin.errors[L][:P]))
+        grads = {**grads, L: g} if keep else {L: g}
         if L not in lin.transcoders:
             continue
         if layouts is None:
-            feature_edges_reference(lin, L, g, row_nodes, sink)
+            feature_edges_reference(lin, L, grads, row_nodes, sink)
         else:
             if L not in layouts:
                 layouts[L] = position_layout(lin, L)
-            feature_edges(lin, L, g, row_nodes, sink, layouts[L])
+            feature_edges(lin, L, grads, row_nodes, sink, layouts[L])
     sink.add(row_nodes, torch.tensor([lay.const]), const_edges[:, None])
 
 
@@ -234,7 +239,7 @@ def _pauses_gc(fn):
 @_pauses_gc
 def attribute(
     model,
-    transcoders: dict,
+    transcoders,
     prompt_or_tokens: str | Sequence[int] | Tensor,
     *,
     targets: Sequence[Target | int | str] | Tensor | Target | None = None,
@@ -254,7 +259,8 @@ def attribute(
         model: a TransformerLens ``HookedTransformer`` of any family its block plan covers
             (:mod:`tc_circuits.models.block_plan`). With a final-logit soft-cap, target values
             are the pre-cap logits (``metadata["block_plan"]["target_values"]``).
-        transcoders: ``{layer: Transcoder}`` mapping ``mlp_in`` -> ``mlp_out``. Layers
+        transcoders: ``{layer: Transcoder}`` mapping ``mlp_in`` -> ``mlp_out``, or a
+            ``CrossLayerTranscoder`` (its features write every later layer too). Layers
             without one keep their MLP output as constant ``mlp_const`` nodes.
         prompt_or_tokens: text (tokenised by the model) or token ids.
         targets: None (top logits at the last position), token ids / strings, a direction
@@ -513,6 +519,7 @@ def _metadata(model, lin, tgts, tpos, batch_size, max_feature_nodes) -> dict:
         "has_position_nodes": lin.has_pos_embed,
         "block_plan": lin.plan.describe(),
         "uncovered_layers": [L for L in range(lin.n_layers) if L not in lin.transcoders],
+        "cross_layer": lin.is_cross_layer,
         "transcoders": {
             str(L): {
                 "n_latents": tc.cfg.n_latents, "activation": tc.cfg.activation, "k": tc.cfg.k,

@@ -1,7 +1,11 @@
 """Reading feature edges off the transposed pass's gradient, and the COO edge sink.
 
 For a batch of ``B`` rows the transposed pass yields ``g = d row / d mlp_out_L``, shape
-``[B, P, d]``; the edge from feature ``s`` at ``(L, p)`` is ``a_s W_dec[s] . g[:, p]``.
+``[B, P, d]``; the edge from feature ``s`` at ``(L, p)`` is ``a_s W_dec[s] . g[:, p]``. A
+cross-layer transcoder's feature writes every later layer ``L'`` too, so its edge is
+``a_s sum_{L' >= L} W_dec[L -> L'][s] . g_{L'}[:, p]``: both functions take ``grads``, the
+gradients ``{L': g_{L'}}`` the transposed pass yielded so far (``{L: g}`` for a per-layer
+transcoder), and sum over the layers the features write (``lin.decoders(L)``).
 
 * :func:`feature_edges_reference` (plain): gathers ``g[:, pos_s]`` for every feature, chunk
   by chunk (a ``[B, chunk, d]`` copy per chunk: k times the size of ``g`` in all);
@@ -68,24 +72,43 @@ def position_layout(lin: LinearisedModel, L: int) -> PositionLayout:
     return PositionLayout(node, valid)
 
 
-def feature_edges_reference(lin: LinearisedModel, L: int, g: Tensor, row_nodes: Tensor, sink: EdgeSink) -> None:
+def _reads(lin: LinearisedModel, L: int, grads: Tensor | dict[int, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``[(g_{L'}, W_dec[L -> L'])]`` for the output layers of layer ``L``'s features that have a gradient."""
+    if isinstance(grads, Tensor):
+        grads = {L: grads}
+    return [(grads[o], W.detach()) for o, W in sorted(lin.decoders(L).items()) if o in grads]
+
+
+def feature_edges_reference(
+    lin: LinearisedModel, L: int, grads: Tensor | dict[int, Tensor], row_nodes: Tensor, sink: EdgeSink
+) -> None:
     """Plain reference: gather ``g`` at every feature's position, chunk by chunk."""
     f, dev = lin.features, lin.device
-    B, P, d = g.shape
+    reads = _reads(lin, L, grads)
     sl = lin.features_in_layer(L)
+    if sl.start == sl.stop or not reads:
+        return
+    B, P, d = reads[0][0].shape
     start = sl.start
     stop = start + int(torch.searchsorted(f.pos[sl], P))  # only sources at positions < P
     chunk = max(1, (1 << 22) // max(1, B * d))
-    W_dec = lin.transcoders[L].W_dec.detach()
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
-        vec = W_dec[f.latent[a:b].to(dev)] * f.activation[a:b].to(dev, W_dec.dtype)[:, None]
-        w = torch.einsum("bcd,cd->bc", g[:, f.pos[a:b].to(dev), :], vec.to(g.dtype))
+        w = None
+        for g, W_dec in reads:
+            vec = W_dec[f.latent[a:b].to(dev)] * f.activation[a:b].to(dev, W_dec.dtype)[:, None]
+            term = torch.einsum("bcd,cd->bc", g[:, f.pos[a:b].to(dev), :], vec.to(g.dtype))
+            w = term if w is None else w + term
         sink.add(row_nodes, torch.arange(a, b), w)
 
 
 def feature_edges(
-    lin: LinearisedModel, L: int, g: Tensor, row_nodes: Tensor, sink: EdgeSink, layout: PositionLayout
+    lin: LinearisedModel,
+    L: int,
+    grads: Tensor | dict[int, Tensor],
+    row_nodes: Tensor,
+    sink: EdgeSink,
+    layout: PositionLayout,
 ) -> None:
     """Fast path: one batched matmul over positions, ``w[:, p, :] = g[:, p, :] @ (a W_dec)[p]^T``.
 
@@ -94,15 +117,21 @@ def feature_edges(
     :func:`feature_edges_reference` (``tests/test_fast_paths.py``).
     """
     f, dev = lin.features, lin.device
-    B, P, d = g.shape
-    W_dec = lin.transcoders[L].W_dec.detach()
+    reads = _reads(lin, L, grads)
+    sl = lin.features_in_layer(L)
+    if sl.start == sl.stop or not reads:  # no active feature in this layer (padding would index past the end)
+        return
+    B, P, d = reads[0][0].shape
     kmax = int(layout.node.shape[1])
     step = max(1, (1 << 22) // max(1, kmax * max(B, d)))
     for p0 in range(0, P, step):
         p1 = min(P, p0 + step)
         node, valid = layout.node[p0:p1], layout.valid[p0:p1]
-        scale = torch.where(valid, f.activation[node], 0).to(dev, W_dec.dtype)
-        vec = (W_dec[f.latent[node].to(dev)] * scale[..., None]).to(g.dtype)  # [p, kmax, d]
-        w = torch.bmm(g[:, p0:p1, :].transpose(0, 1), vec.transpose(1, 2))  # [p, B, kmax]
+        w = None
+        for g, W_dec in reads:  # one decoder block per output layer (one for a per-layer transcoder)
+            scale = torch.where(valid, f.activation[node], 0).to(dev, W_dec.dtype)
+            vec = (W_dec[f.latent[node].to(dev)] * scale[..., None]).to(g.dtype)  # [p, kmax, d]
+            term = torch.bmm(g[:, p0:p1, :].transpose(0, 1), vec.transpose(1, 2))  # [p, B, kmax]
+            w = term if w is None else w.add_(term)
         w = torch.where(valid.to(dev)[:, None, :], w, 0).permute(1, 0, 2).reshape(B, -1)
         sink.add(row_nodes, node.reshape(-1), w)

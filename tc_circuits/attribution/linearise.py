@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
 from tc_circuits.models.block_plan import NormPlan, block_plan
@@ -153,8 +154,9 @@ def _frozen_ln(model, plan: NormPlan, cache, n_pos: int, device) -> FrozenLN:
     )
 
 
-def check_transcoders(model, transcoders: dict[int, Transcoder]) -> None:
-    """Transcoders must map ``mlp_in`` -> ``mlp_out`` of their layer and fit the model."""
+def check_transcoders(model, transcoders) -> None:
+    """Transcoders (or a CLT's layers) must map ``mlp_in`` -> ``mlp_out`` of their layer and fit the model."""
+    transcoders = layer_coders(transcoders)
     checked: set[tuple] = set()
     for layer, tc in transcoders.items():
         if not 0 <= int(layer) < model.cfg.n_layers:
@@ -177,12 +179,13 @@ def check_transcoders(model, transcoders: dict[int, Transcoder]) -> None:
 class LinearisedModel:
     """The frozen (linear) replacement model of ``model`` + ``transcoders`` at ``tokens``."""
 
-    def __init__(self, model, transcoders: dict[int, Transcoder], tokens: Int[Tensor, " pos"]):
+    def __init__(self, model, transcoders, tokens: Int[Tensor, " pos"]):
+        """``transcoders``: ``{layer: Transcoder}`` or a ``CrossLayerTranscoder`` (its layers)."""
         self.plan = plan = block_plan(model)
         check_transcoders(model, transcoders)
         cfg = model.cfg
         self.model = model
-        self.transcoders = {int(k): v for k, v in transcoders.items()}
+        self.transcoders = layer_coders(transcoders)
         self.n_layers = int(cfg.n_layers)
         self.d_model = int(cfg.d_model)
         self.d_vocab = int(cfg.d_vocab)
@@ -238,20 +241,23 @@ class LinearisedModel:
     def _encode(self) -> None:
         layers, poss, lats, acts, pres = [], [], [], [], []
         self.errors: list[Tensor] = []
+        dense: dict[int, Tensor] = {}  # latents of every covered layer (a CLT layer writes later layers too)
         for L in range(self.n_layers):
             tc = self.transcoders.get(L)
             if tc is None:
                 self.errors.append(self.mlp_out[L])  # the mlp_const nodes
                 continue
             x = self.mlp_in[L].to(tc.W_enc.dtype)
-            out = tc(x)
-            self.errors.append((self.mlp_out[L] - out.output.to(self.mlp_out[L].dtype)).detach())
-            p, lat = torch.nonzero(out.latents, as_tuple=True)
+            pre = tc.pre_acts(x)
+            dense[L] = tc.activate(pre)
+            output = decode_output(self.transcoders, L, dense, x)
+            self.errors.append((self.mlp_out[L] - output.to(self.mlp_out[L].dtype)).detach())
+            p, lat = torch.nonzero(dense[L], as_tuple=True)
             layers.append(torch.full_like(p, L))
             poss.append(p)
             lats.append(lat)
-            acts.append(out.latents[p, lat])
-            pres.append(out.pre_acts[p, lat])
+            acts.append(dense[L][p, lat])
+            pres.append(pre[p, lat])
         if layers:
             cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
             self.features = ActiveFeatures(cat(layers), cat(poss), cat(lats), cat(acts), cat(pres))
@@ -268,6 +274,16 @@ class LinearisedModel:
 
     def features_in_layer(self, layer: int) -> slice:
         return slice(int(self.layer_start[layer]), int(self.layer_start[layer + 1]))
+
+    def decoders(self, layer: int) -> dict[int, Tensor]:
+        """``{output layer: W_dec [n, d]}`` of layer ``layer``'s features: its own layer for a
+        per-layer transcoder, every later layer too for a cross-layer transcoder."""
+        return decoder_of(self.transcoders[layer])
+
+    @property
+    def is_cross_layer(self) -> bool:
+        """Whether some features write layers other than their own (a CLT)."""
+        return any(set(self.decoders(L)) != {L} for L in self.transcoders)
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -292,6 +308,7 @@ class LinearisedModel:
         x = self.embed * (1 if embed_scale is None else embed_scale.to(dev)[:, None])
         x = x + self.pos_embed * (1 if pos_scale is None else pos_scale.to(dev)[:, None])
         mids, ins, outs = [], [], []
+        dense_by_layer: dict[int, Tensor] = {}
         for L in range(self.n_layers):
             u = self.ln1[L].apply(x)
             v = torch.einsum("pd,hde->hpe", u, self.W_V[L]) + self.b_V[L][:, None, :]
@@ -312,7 +329,9 @@ class LinearisedModel:
                 sl = self.features_in_layer(L)
                 dense = torch.zeros(P, tc.cfg.n_latents, device=dev, dtype=tc.W_dec.dtype)
                 dense[self.features.pos[sl].to(dev), self.features.latent[sl].to(dev)] = acts[sl].to(dense.dtype)
-                out = out + (dense @ tc.W_dec + tc.b_dec + tc.skip_out(n.to(tc.W_dec.dtype))).to(x.dtype)
+                dense_by_layer[L] = dense
+                decoded = decode_output(self.transcoders, L, dense_by_layer, n.to(tc.W_dec.dtype))
+                out = out + decoded.to(x.dtype)
             outs.append(out)
             x = x + out
         return FrozenOutput(torch.stack(mids), torch.stack(ins), torch.stack(outs), self.ln_final.apply(x))

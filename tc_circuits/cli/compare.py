@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(CompareConfig, args)
     from tc_circuits.viz.compare_report import write_outputs
 
+    from tc_circuits.circuits.faithfulness import compare_faithfulness
+
     if cfg.model in (None, "organism"):
-        result = run_compare(cfg)
+        result = run_compare(cfg, graph_metrics=compare_faithfulness)
     else:
         from tc_circuits.cli.data import DataOptions, dataset_tokens, split_dataset_tokens
         from tc_circuits.cli.resolve import ModelOptions, load_model_from
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
                                                              shuffle_seed=cfg.seed),
             eval_tokens=[held[i : i + cfg.rows_per_batch] for i in range(0, held.shape[0], cfg.rows_per_batch)],
             task=task,
+            graph_metrics=compare_faithfulness,
         )
     write_outputs(result, Path(cfg.out_dir))
     print(result.to_markdown())

@@ -39,7 +39,9 @@ from tc_circuits.tasks.greater_than import DEFAULT_NOUNS, GreaterThanConfig, Gre
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-KINDS = ("sae", "transcoder", "skip_transcoder")
+KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
+#: Compared by default (``clt``, a cross-layer transcoder with a skip at every layer, on request).
+DEFAULT_KINDS = ("sae", "transcoder", "skip_transcoder")
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class CompareConfig:
     """Model to study: the bundled ``organism``, a TransformerLens name or a local Hugging Face folder (the CLI then trains on --dataset)."""
     layers: tuple[int, ...] = ()
     """Layers to train and splice (empty = every layer)."""
-    kinds: tuple[str, ...] = KINDS
-    """Dictionary kinds to compare: ``sae`` (on hook_mlp_out), ``transcoder``, ``skip_transcoder``."""
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    """Dictionary kinds to compare: ``sae`` (on hook_mlp_out), ``transcoder``, ``skip_transcoder``, ``clt``
+    (a cross-layer transcoder over every layer with a skip per layer; n_latents and k per layer)."""
     n_latents: int = 1024
     """Latents per dictionary (the same for every kind)."""
     k: int = 16
@@ -82,6 +85,14 @@ class CompareConfig:
     """Nouns of the greater-than prompts ("The war lasted from the year 1732 to the year 17")."""
     out_dir: str = "compare_out"
     """Folder for compare.md, compare.json, compare.html and the trained dictionaries."""
+    ground_truth: bool = True
+    """Organism only: score each dictionary against the corpus's per-token labels
+    (interpretability, k-sparse probing, absorption; :mod:`tc_circuits.evaluation.ground_truth`)."""
+    ground_truth_batches: int = 4
+    """Held-out labelled batches (rows_per_batch x seq_len tokens each) for the ground-truth scores."""
+    faithfulness_prompts: int = 4
+    """Greater-than prompts whose graphs are ablated for the faithfulness AUC (0 = skip; needs
+    a ``graph_metrics`` callable, which the CLI passes)."""
     device: str | None = None
     """Device (None = the model's)."""
     progress: bool = True
@@ -161,6 +172,8 @@ class CompareResult:
     """Greater-than probability difference of the original model."""
     density: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``"{kind}_k{k}_L{layer}"`` -> density histogram data."""
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``"{kind}_k{k}"`` -> ``{"ground_truth": [per-layer rows], "faithfulness": {...}}``."""
     files: dict[str, str] = field(default_factory=dict)
     """Written files: ``markdown``, ``json``, ``html``."""
 
@@ -182,6 +195,8 @@ class CompareResult:
             "gt_original": self.gt_original,
             "rows": [r.to_dict() for r in self.rows],
             "density": self.density,
+            "extra": self.extra,
+            "picture": [p.to_dict() for p in picture_rows(self)],
         }
 
 
@@ -256,6 +271,7 @@ def run_compare(
     eval_tokens: Tensor | list[Tensor] | None = None,
     task: Task | None = None,
     write: bool = True,
+    graph_metrics: Callable[..., dict[str, Any]] | None = None,
 ) -> CompareResult:
     """Train, evaluate and report (see the module docstring).
 
@@ -263,11 +279,22 @@ def run_compare(
     seed ``cfg.eval_seed``) and the greater-than task are used. With ``model``, pass
     ``token_factory`` (zero-argument callable returning a fresh token iterator) and
     ``eval_tokens``; ``task`` is optional (no greater-than column without it).
+    ``graph_metrics(model, transcoders, task, n_prompts=...)`` adds graph-level numbers (the
+    CLI passes :func:`tc_circuits.circuits.faithfulness.compare_faithfulness`; evaluation
+    does not import attribution).
     """
+    from tc_circuits.evaluation.splice import as_transcoder_dict
+    from tc_circuits.training.clt_trainer import train_clt
     from tc_circuits.training.trainer import TrainConfig, train_transcoders
 
+    labelled = None
     if model is None:
         model, stream, default_task = _organism_setup(cfg)
+        if cfg.ground_truth:
+            from tc_circuits.evaluation.ground_truth import organism_labelled
+
+            labelled = organism_labelled(cfg.ground_truth_batches, cfg.rows_per_batch, cfg.seq_len,
+                                         seed=cfg.eval_seed + 1)
         task = task if task is not None else default_task
         token_factory = lambda: stream(cfg.seed)  # noqa: E731
         n_batches = max(1, cfg.eval_tokens // (cfg.rows_per_batch * cfg.seq_len))
@@ -279,12 +306,13 @@ def run_compare(
     out = Path(cfg.out_dir)
     rows: list[CompareRow] = []
     density: dict[str, dict[str, Any]] = {}
+    extra: dict[str, dict[str, Any]] = {}
     ce_orig = float("nan")
     for kind in cfg.kinds:
         for k in cfg.ks:
             train_cfg = TrainConfig(
                 layers=layers,
-                kind=kind,
+                kind="skip_transcoder" if kind == "clt" else kind,
                 n_latents=cfg.n_latents,
                 k=k,
                 lr=cfg.lr,
@@ -297,18 +325,101 @@ def run_compare(
                 device=cfg.device,
                 checkpoint_every=0,
             )
-            result = train_transcoders(model, token_factory, train_cfg, progress=cfg.progress)
+            if kind == "clt":  # one CLT over every layer (cfg.layers must then be all of them)
+                if tuple(layers) != tuple(range(model.cfg.n_layers)):
+                    raise ValueError(f"kind 'clt' spans every layer; layers={cfg.layers} must be empty")
+                dicts = as_transcoder_dict(train_clt(model, token_factory, train_cfg.replace(layers=()), progress=cfg.progress).clt)
+            else:
+                dicts = train_transcoders(model, token_factory, train_cfg, progress=cfg.progress).transcoders
             with torch.no_grad():
-                new_rows, dens, ce_orig = evaluate_dictionaries(
-                    model, result.transcoders, eval_batches, task, kind=kind, k=k
-                )
+                new_rows, dens, ce_orig = evaluate_dictionaries(model, dicts, eval_batches, task, kind=kind, k=k)
             rows += new_rows
             density.update(dens)
+            extra[f"{kind}_k{k}"] = _extra_metrics(cfg, model, dicts, kind, task, labelled, graph_metrics)
     gt_original = evaluate_task(model, task).original if task is not None else None
-    res = CompareResult(cfg, rows, ce_orig, gt_original, density)
+    res = CompareResult(cfg, rows, ce_orig, gt_original, density, extra)
     if write:
         write_tables(res, out)
     return res
+
+
+def _extra_metrics(cfg, model, transcoders, kind, task, labelled, graph_metrics) -> dict[str, Any]:
+    if kind == "clt":
+        # The per-layer CLT views are new; record why a measurement is missing instead of
+        # failing the whole comparison (other kinds are not guarded).
+        try:
+            return _extra_metrics_of(cfg, model, transcoders, kind, task, labelled, graph_metrics)
+        except (AttributeError, TypeError, ValueError, NotImplementedError) as err:
+            return {"skipped": f"{type(err).__name__}: {err}"}
+    return _extra_metrics_of(cfg, model, transcoders, kind, task, labelled, graph_metrics)
+
+
+def _extra_metrics_of(cfg, model, transcoders, kind, task, labelled, graph_metrics) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if labelled is not None:
+        from tc_circuits.evaluation.ground_truth import ground_truth_rows
+
+        with torch.no_grad():
+            out["ground_truth"] = [r.to_dict() for r in ground_truth_rows(model, transcoders, kind, *labelled)]
+    if graph_metrics is not None and task is not None and cfg.faithfulness_prompts > 0:
+        out["faithfulness"] = graph_metrics(model, transcoders, task, n_prompts=cfg.faithfulness_prompts)
+    return out
+
+
+@dataclass(frozen=True)
+class PictureRow:
+    """The seed paper's picture for one kind at one k (all layers): reconstruction against
+    interpretability, probing and faithfulness (None where not measured)."""
+
+    kind: str
+    k: int
+    delta_ce: float
+    fvu: float
+    l0: float
+    interp_f1: float | None = None
+    matched_share: float | None = None
+    probe_k1: float | None = None
+    probe_k5: float | None = None
+    probe_raw: float | None = None
+    absorption: float | None = None
+    faith_auc_frozen: float | None = None
+    faith_auc_live: float | None = None
+    faith_auc_random: float | None = None
+    """Random-order AUC (frozen)."""
+
+    COLUMNS = ("kind", "k", "delta_ce", "fvu", "l0", "interp_f1", "matched_share", "probe_k1", "probe_k5",
+               "probe_raw", "absorption", "faith_auc_frozen", "faith_auc_live", "faith_auc_random")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def markdown_row(self) -> str:
+        vals = [getattr(self, c) for c in self.COLUMNS]
+        return "| " + " | ".join("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in vals) + " |"
+
+
+def picture_rows(res: CompareResult) -> list[PictureRow]:
+    """One :class:`PictureRow` per kind and k (ground-truth scores averaged over layers)."""
+    out = []
+    for r in sorted(res.sweep_rows(), key=lambda r: (r.kind, r.k)):
+        ex = res.extra.get(f"{r.kind}_k{r.k}", {})
+        gt = ex.get("ground_truth") or []
+        fa = (ex.get("faithfulness") or {}).get("curves", {})
+
+        def mean(key, sub=None):
+            vals = [g[key] if sub is None else g[key].get(sub) for g in gt]
+            vals = [v for v in vals if v is not None]
+            return float(sum(vals) / len(vals)) if vals else None
+
+        out.append(PictureRow(
+            kind=r.kind, k=r.k, delta_ce=r.delta_ce, fvu=r.fvu, l0=r.l0,
+            interp_f1=mean("interp_f1"), matched_share=mean("matched_share"),
+            probe_k1=mean("probe", "1"), probe_k5=mean("probe", "5"), probe_raw=mean("probe_raw"),
+            absorption=mean("absorption"),
+            faith_auc_frozen=fa.get("frozen", {}).get("auc"), faith_auc_live=fa.get("live", {}).get("auc"),
+            faith_auc_random=fa.get("frozen", {}).get("auc_random"),
+        ))
+    return out
 
 
 def write_tables(res: CompareResult, out: Path) -> dict[str, str]:
@@ -350,8 +461,23 @@ def markdown_report(res: CompareResult) -> str:
             CompareRow.markdown_header(),
             *(r.markdown_row() for r in sorted(res.sweep_rows(), key=lambda r: (r.kind, r.k))),
         ]
+    if res.extra and any(res.extra.values()):
+        lines += [
+            "",
+            "## Reconstruction vs interpretability, probing, faithfulness (all layers)",
+            "",
+            "interp_f1: mean best F1 of alive latents against the corpus's labelled variables (token "
+            "identity excluded); matched_share: share with F1 >= 0.5; probe_k*: k-sparse probe test "
+            "accuracy (balanced, chance 0.5) vs probe_raw on the raw input; absorption: mean absorption "
+            "rate; faith_auc_*: area under the explained-drop curve when ablating the graph's top "
+            "nodes (random: random order). See docs/evaluation.md.",
+            "",
+            "| " + " | ".join(PictureRow.COLUMNS) + " |",
+            "|" + "---|" * len(PictureRow.COLUMNS),
+            *(p.markdown_row() for p in picture_rows(res)),
+        ]
     return "\n".join(lines) + "\n"
 
 
 
-__all__ = ["CompareConfig", "CompareResult", "CompareRow", "evaluate_dictionaries", "markdown_report", "run_compare", "write_tables"]
+__all__ = ["CompareConfig", "CompareResult", "CompareRow", "PictureRow", "evaluate_dictionaries", "markdown_report", "picture_rows", "run_compare", "write_tables"]

@@ -36,6 +36,7 @@ from tc_circuits.evaluation.metrics import (
     kl_per_token,
     next_token_ce,
 )
+from tc_circuits.coders.clt import clt_of
 from tc_circuits.models.sites import Site
 from tc_circuits.evaluation.splice import TranscodersLike, as_transcoder_dict, check_transcoders, splice
 
@@ -139,6 +140,11 @@ def evaluate_reconstruction(
     tcs = as_transcoder_dict(transcoders)
     check_transcoders(model, tcs)
     batches = token_batches(tokens, model, min_len=start_pos + 1)
+    clt = clt_of(tcs)
+    if clt is not None:  # a cross-layer transcoder: every layer's output needs all earlier layers' latents
+        from tc_circuits.evaluation.splice_clt import evaluate_clt_reconstruction
+
+        return {L: m for L, m in evaluate_clt_reconstruction(model, clt, batches, start_pos=start_pos, bins=bins).items() if L in tcs}
     names = sorted({s.hook_for(model) for tc in tcs.values() for s in (tc.cfg.in_site, tc.cfg.out_site)})
     acc = {layer: VarianceAccumulator(tc.cfg.d_out) for layer, tc in tcs.items()}
     fires = {layer: torch.zeros(tc.cfg.n_latents, dtype=torch.int64) for layer, tc in tcs.items()}

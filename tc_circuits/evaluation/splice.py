@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tc_circuits.coders.clt import CLTLayer, CoderLayer, CrossLayerTranscoder, clt_of
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
 from tc_circuits.models.safe_hooks import temporary_hooks
@@ -38,7 +39,7 @@ from tc_circuits.validate import check_spliceable
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-TranscodersLike = Mapping[int, Transcoder] | Iterable[Transcoder] | Transcoder
+TranscodersLike = Mapping[int, CoderLayer] | Iterable[CoderLayer] | Transcoder | CrossLayerTranscoder
 
 
 @dataclass
@@ -48,7 +49,7 @@ class SpliceState:
     All dicts are keyed by layer (the layer of the transcoder's output site).
     """
 
-    transcoders: dict[int, Transcoder]
+    transcoders: dict[int, CoderLayer]
     """The spliced transcoders."""
     error_term: bool
     """Whether the reconstruction error is added back (model unchanged)."""
@@ -68,18 +69,21 @@ class SpliceState:
         return sorted(self.transcoders)
 
 
-def as_transcoder_dict(transcoders: TranscodersLike) -> dict[int, Transcoder]:
+def as_transcoder_dict(transcoders: TranscodersLike) -> dict[int, CoderLayer]:
     """Normalise a ``{layer: Transcoder}`` mapping, a list, or one transcoder to a dict.
 
     Raises ``ValueError`` when a mapping key disagrees with the transcoder's own layer or
-    when two transcoders replace the same layer.
+    when two transcoders replace the same layer. A ``CrossLayerTranscoder`` becomes
+    ``{layer: CLTLayer}`` (:meth:`~tc_circuits.coders.clt.CrossLayerTranscoder.layers`).
     """
+    if isinstance(transcoders, CrossLayerTranscoder):
+        transcoders = transcoders.layers()
     if isinstance(transcoders, Transcoder):
         transcoders = [transcoders]
-    out: dict[int, Transcoder] = {}
+    out: dict[int, CoderLayer] = {}
     if isinstance(transcoders, Mapping):
         for layer, tc in transcoders.items():
-            if not isinstance(tc, Transcoder):
+            if not isinstance(tc, (Transcoder, CLTLayer)):
                 raise ValueError(f"expected a Transcoder for layer {layer}, got {type(tc).__name__}")
             if int(layer) != tc.cfg.layer:
                 raise ValueError(
@@ -89,7 +93,7 @@ def as_transcoder_dict(transcoders: TranscodersLike) -> dict[int, Transcoder]:
             out[int(layer)] = tc
     else:
         for tc in transcoders:
-            if not isinstance(tc, Transcoder):
+            if not isinstance(tc, (Transcoder, CLTLayer)):
                 raise ValueError(f"expected Transcoder objects, got {type(tc).__name__}")
             if tc.cfg.layer in out:
                 raise ValueError(f"two transcoders replace layer {tc.cfg.layer}")
@@ -100,8 +104,8 @@ def as_transcoder_dict(transcoders: TranscodersLike) -> dict[int, Transcoder]:
 
 
 def select_layers(
-    transcoders: dict[int, Transcoder], layers: Iterable[int] | int | None
-) -> dict[int, Transcoder]:
+    transcoders: dict[int, CoderLayer], layers: Iterable[int] | int | None
+) -> dict[int, CoderLayer]:
     """The subset of ``transcoders`` at ``layers`` (all when None); unknown layers raise."""
     if layers is None:
         return dict(transcoders)
@@ -117,12 +121,17 @@ def select_layers(
 
 
 def _make_hooks(state: SpliceState, retain_grad: bool, model: Any) -> list[tuple[str, Any]]:
+    clt = clt_of(state.transcoders)
+    if clt is not None:  # a cross-layer transcoder: every encoder runs, the chosen layers are replaced
+        from tc_circuits.evaluation.splice_clt import clt_hooks
+
+        return clt_hooks(state, clt, retain_grad, model)
     hooks: list[tuple[str, Any]] = []
     pending: dict[int, Tensor] = {}
     for layer, tc in state.transcoders.items():
         in_name, out_name = tc.cfg.in_site.hook_for(model), tc.cfg.out_site.hook_for(model)
 
-        def run_tc(x: Tensor, y: Tensor, layer: int = layer, tc: Transcoder = tc) -> Tensor:
+        def run_tc(x: Tensor, y: Tensor, layer: int = layer, tc: CoderLayer = tc) -> Tensor:
             p = tc.W_enc
             out = tc(x.to(device=p.device, dtype=p.dtype))
             recon = out.output.to(device=y.device, dtype=y.dtype)
@@ -165,7 +174,7 @@ def _make_hooks(state: SpliceState, retain_grad: bool, model: Any) -> list[tuple
     return hooks
 
 
-def check_transcoders(model: HookedTransformer, transcoders: dict[int, Transcoder]) -> None:
+def check_transcoders(model: HookedTransformer, transcoders: dict[int, CoderLayer]) -> None:
     """Run :meth:`Transcoder.check_compatible` on each transcoder; check output sites differ."""
     seen: dict[str, int] = {}
     for layer, tc in transcoders.items():

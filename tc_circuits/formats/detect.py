@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tc_circuits.coders.clt import CLT_CONFIG_NAME, CrossLayerTranscoder
 from tc_circuits.coders.transcoder import CONFIG_NAME, WEIGHTS_NAME, Transcoder, TranscoderSet
 
 #: Supported formats (``--from`` / ``format=`` values).
@@ -29,6 +30,8 @@ def detect_format(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"no such checkpoint: {p}")
     if (p / "config.yaml").is_file():
         return "circuit-tracer"
+    if (p / CLT_CONFIG_NAME).is_file():  # a tc_circuits cross-layer transcoder
+        return "tc_circuits"
     if (p / "cfg.json").is_file():
         if (p / "sae.safetensors").is_file():
             return "sparsify"
@@ -55,7 +58,7 @@ def _is_set(p: Path) -> bool:
 
 def load_any(
     path: str | os.PathLike, *, format: str | None = None, **kwargs: Any
-) -> Transcoder | TranscoderSet:
+) -> Transcoder | TranscoderSet | CrossLayerTranscoder:
     """Load a checkpoint of any supported format (auto-detected unless ``format`` is given).
 
     Folders of several per-layer checkpoints load as a :class:`TranscoderSet`. ``kwargs`` go to
@@ -69,8 +72,14 @@ def load_any(
     if fmt == "tc_circuits":
         if kwargs:
             raise ValueError(f"tc_circuits checkpoints take no options, got {sorted(kwargs)}")
+        if (p / CLT_CONFIG_NAME).is_file():
+            return CrossLayerTranscoder.load(p)
         return TranscoderSet.load(p) if _is_set(p) else Transcoder.load(p)
     if fmt == "circuit-tracer":
+        from tc_circuits.formats.circuit_tracer_clt import is_circuit_tracer_clt, load_circuit_tracer_clt
+
+        if is_circuit_tracer_clt(p):  # model_kind: cross_layer_transcoder
+            return load_circuit_tracer_clt(p, **kwargs)
         from tc_circuits.formats.circuit_tracer import load_circuit_tracer
 
         return load_circuit_tracer(p, **kwargs)

@@ -97,6 +97,9 @@ class Trainer:
 
     ``token_factory`` is a zero-argument callable returning a fresh, identical stream of
     ``[batch, seq]`` token tensors per call (or anything :func:`as_token_factory` accepts).
+    ``store`` replaces the activation store with any iterator of ``{layer: PairBatch}`` that
+    also has ``buffer_outputs()``, ``state_dict()``, ``load_state_dict()`` and ``close()`` (data that does
+    not come from the model, e.g. a synthetic benchmark); ``token_factory`` is then unused.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         overwrite: bool = False,
+        store: Any = None,
     ):
         self.model, self.cfg, self.progress = model, cfg, progress
         self._lock: OutDirLock | None = None
@@ -135,7 +139,7 @@ class Trainer:
             )
             tc = Transcoder(tc_cfg, seed=cfg.seed * 1_000 + layer)
             self.transcoders[layer] = tc.to(device)
-        self.store = ActivationStore(
+        self.store = store if store is not None else ActivationStore(
             model,
             {layer: (tc.cfg.input_site, tc.cfg.output_site) for layer, tc in self.transcoders.items()},
             as_token_factory(token_factory),
