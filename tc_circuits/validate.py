@@ -295,7 +295,7 @@ def _version_key(module: Any) -> tuple | None:
         return None
 
 
-def check_spliceable(transcoders: Mapping[int, Any], model_name: str | None = None) -> None:
+def check_spliceable(transcoders: Any, model_name: str | None = None) -> None:
     """Refuse transcoders with NaN / infinite weights; warn about ones with no recorded model.
 
     Used by ``splice``, ``attribute`` and ``intervene`` before they run. The finiteness scan is
@@ -308,7 +308,8 @@ def check_spliceable(transcoders: Mapping[int, Any], model_name: str | None = No
     global _CHECKED
     if _CHECKED is None:
         _CHECKED = weakref.WeakKeyDictionary()
-    for layer, tc in transcoders.items():
+    items = transcoders.items() if isinstance(transcoders, Mapping) else [("all", transcoders)]  # e.g. a CLT
+    for layer, tc in items:
         key = _version_key(tc)
         if key is not None and _CHECKED.get(tc) == key:
             continue
