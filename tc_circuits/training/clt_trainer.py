@@ -57,7 +57,7 @@ from tc_circuits.fileio import atomic_write
 from tc_circuits.training.activation_store import ActivationStore
 from tc_circuits.training.config import TrainConfig
 from tc_circuits.training.data import as_token_factory
-from tc_circuits.training.trainer import LayerMetrics
+from tc_circuits.training.trainer import LayerMetrics, close_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -216,15 +216,8 @@ class CLTTrainer:
 
     # ----------------------------------------------------------------- metrics
     def _close_window(self) -> None:
-        for L in range(self.N):
-            sq, den, l0, n = self.window[L].tolist()
-            if n == 0:
-                continue
-            dead = self.since_fired[L] >= self.cfg.dead_tokens_threshold
-            self.metrics[L] = LayerMetrics(
-                fvu=sq / den, l0=l0 / n, dead_fraction=float(dead.float().mean()), tokens_seen=self.tokens_seen
-            )
-        self.window.zero_()
+        close_window(self.window, self.since_fired, range(self.N), self.cfg.dead_tokens_threshold,
+                     self.tokens_seen, self.metrics)
 
     def _postfix(self) -> str:
         m = [self.metrics[L] for L in sorted(self.metrics)]

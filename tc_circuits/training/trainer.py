@@ -78,6 +78,21 @@ class LayerMetrics:
     """Training tokens seen so far."""
 
 
+def close_window(window: Any, since_fired: Any, layers: Any, dead_tokens_threshold: int, tokens_seen: int,
+                 metrics: dict[int, LayerMetrics]) -> None:
+    """Turn each layer's metrics window ``[sum sq err, sum sq dev, L0 sum, rows]`` into
+    ``metrics[layer]`` and zero it (layers whose window is empty keep their last metrics)."""
+    for layer in layers:
+        sq, den, l0, n = window[layer].tolist()
+        if n == 0:
+            continue
+        dead = since_fired[layer] >= dead_tokens_threshold
+        metrics[layer] = LayerMetrics(
+            fvu=sq / den, l0=l0 / n, dead_fraction=float(dead.float().mean()), tokens_seen=tokens_seen
+        )
+        window[layer].zero_()
+
+
 @dataclass
 class TrainResult:
     """What :func:`train_transcoders` returns."""
@@ -260,15 +275,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- metrics
     def _close_window(self) -> None:
-        for layer in self.layers:
-            sq, den, l0, n = self.window[layer].tolist()
-            if n == 0:
-                continue
-            dead = self.since_fired[layer] >= self.cfg.dead_tokens_threshold
-            self.metrics[layer] = LayerMetrics(
-                fvu=sq / den, l0=l0 / n, dead_fraction=float(dead.float().mean()), tokens_seen=self.tokens_seen
-            )
-            self.window[layer].zero_()
+        close_window(self.window, self.since_fired, self.layers, self.cfg.dead_tokens_threshold,
+                     self.tokens_seen, self.metrics)
 
     def _postfix(self) -> str:
         m = [self.metrics[layer] for layer in self.layers if layer in self.metrics]
