@@ -59,9 +59,10 @@ class TrainConfig:
     """Seeds encoder initialisation and buffer shuffling (explicit generators; global RNG untouched)."""
     buffer_tokens: int = 32_768
     """Tokens per activation-buffer fill (shuffled together; at least batch_size)."""
-    prefetch: bool = True
+    prefetch: bool = False
     """Compute the next activation-buffer fill in a background thread while this one trains
-    (no stall at refills; twice the buffer memory; identical batches)."""
+    (identical batches; twice the buffer memory). Helps when a core is idle during the step
+    (e.g. a GPU step); on a 2-core CPU it measured 0.83x (``bench/results/prefetch.md``)."""
     exclude_bos: bool = True
     """Leave the BOS position (sequence position 0) out of training."""
     checkpoint_every: int = 100
