@@ -63,21 +63,42 @@ _SKIP_ZERO_ROWS = True
 _LIVE_DENSE_SHARE = 0.9
 
 
-def _live_rows(valid_pos: Tensor, rows: Tensor) -> Tensor | None:
-    """Flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero.
+def _live_rows(mask: Tensor) -> Tensor | None:
+    """Flat indices ``b * P + p`` of the (row, position) pairs in ``mask`` ``[B, P]``.
 
-    ``valid_pos[b, p] = p <= positions[b]`` (a row's gradient never reaches later positions:
-    attention is causal, everything else acts per position); ``rows[b]``: the row has been
-    injected at or above this layer. ``None`` means "use the dense matmul" (skipping is off, or
-    almost every pair is live).
+    The transposed pass marks the pairs that can be non-zero: ``p <= positions[b]`` (a row's
+    gradient never reaches later positions: attention is causal, everything else acts per
+    position), the row injected at or above the layer, and only its own position while it has
+    not been through an attention layer. ``None`` means "use the dense matmul" (skipping is
+    off, or almost every pair is live).
     """
     if not _SKIP_ZERO_ROWS:
         return None
-    m = (valid_pos & rows[:, None]).reshape(-1)
+    m = mask.reshape(-1)
     n = int(m.sum())
     if n >= _LIVE_DENSE_SHARE * m.numel():
         return None
     return torch.nonzero(m).squeeze(1)
+
+
+def _attention_rows(
+    valid_pos: Tensor, positions: Tensor, reads: Tensor, single: Tensor
+) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
+    """How :meth:`LinearisedModel._attn_adjoint` treats each row: ``(live, single)``.
+
+    ``reads[b]``: the attention's input gradient can be non-zero for row ``b``. Rows whose
+    gradient sits at their own position only (``single``) take the rank-one path (their
+    ``(rows, positions)``); the others' live pairs are ``live`` (:func:`_live_rows`). When the
+    dense matmul is chosen (``live is None``) it covers every row and no row is single.
+    """
+    if not _SKIP_ZERO_ROWS:
+        return None, None
+    one = reads & single
+    live = _live_rows(valid_pos & (reads & ~one)[:, None])
+    if live is None or not bool(one.any()):
+        return _live_rows(valid_pos & reads[:, None]), None
+    rows = torch.nonzero(one).squeeze(1)
+    return live, (rows, positions[rows])
 
 
 def _rows_matmul(x: Float[Tensor, "n d"], W: Float[Tensor, "d e"], live: Tensor | None) -> Float[Tensor, "n e"]:
@@ -403,10 +424,14 @@ class LinearisedModel:
         B = int(layers.shape[0])
         P = int(positions.max()) + 1
         rows = torch.arange(B, device=dev)
-        valid_pos = positions[:, None] >= torch.arange(P, device=dev)[None]  # [B, P]
+        valid_pos = positions[:, None] >= torch.arange(P, device=dev)[None]  # [B, P]: p <= positions[b]
+        at_pos = positions[:, None] == torch.arange(P, device=dev)[None]  # [B, P]: p == positions[b]
         g = torch.zeros(B, P, self.d_model, device=dev, dtype=self.embed.dtype)
         top = int(layers.max())
         fin = layers == self.n_layers
+        # single[b]: row b's gradient is (still) non-zero at its own position only (it was injected
+        # there and has not been through an attention layer yet)
+        single = fin.clone()
         if bool(fin.any()):
             g[rows[fin], positions[fin]] = vectors[fin]
             g = self.ln_final.adjoint(g, inplace=True)
@@ -419,7 +444,8 @@ class LinearisedModel:
             sel = layers == L
             h = None  # gradient at mlp_in (skip path + rows injected here)
             if nonzero and tc is not None and tc.W_skip is not None:
-                live_in = _live_rows(valid_pos, layers > L)  # rows injected above this layer
+                above = layers > L  # rows injected above this layer
+                live_in = _live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
                 W_skip_T = tc.W_skip.detach().T.to(g.dtype)
                 h = _rows_matmul(g.reshape(B * P, -1), W_skip_T, live_in).reshape(B, P, -1)
             if bool(sel.any()):
@@ -430,27 +456,38 @@ class LinearisedModel:
             if not nonzero:
                 continue
             post = self.ln1_post[L]
-            live = _live_rows(valid_pos, layers >= L)
             if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
+                reads = layers > L  # the attention reads g: rows injected here enter below it
                 t = g if post is None else post.adjoint(g)
-                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, live), inplace=True).add_(g)
+                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, *_attention_rows(valid_pos, positions, reads, single)), inplace=True)
+                g_new.add_(g)
                 if h is not None:
                     g_new.add_(self.ln2[L].adjoint(h, affine=False, inplace=True))
                 g = g_new
+                single = (single & ~reads) | sel
                 continue
             if h is not None:  # g += ln2^T h
                 g = self.ln2[L].adjoint(h, affine=False, inplace=True).add_(g)
+            single = single | sel
+            reads = layers >= L
             t = g if post is None else post.adjoint(g)
-            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, live), inplace=True).add_(g)
+            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, *_attention_rows(valid_pos, positions, reads, single)), inplace=True).add_(g)
+            single = single & ~reads
         yield -1, g
 
-    def _attn_adjoint(self, L: int, g: Tensor, live: Tensor | None = None) -> Tensor:
+    def _attn_adjoint(
+        self, L: int, g: Tensor, live: Tensor | None = None, single: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Adjoint of the frozen attention (OV with cached patterns) as three plain matmuls.
 
         ``live``: flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero
         (:func:`_live_rows`); the two ``d_model x d_model`` contractions skip the others, which
-        are zero in ``g`` and in the result. Equal to :meth:`_attn_adjoint_reference`
-        (``tests/test_fast_paths.py``); faster because those contractions run as single 2-D
+        are zero in ``g`` and in the result. ``single = (rows, positions)``: rows whose ``g`` is
+        non-zero at that one position only (just injected); for them the result is
+        ``sum_h A[h, p, k] (g[p] W_O[h]^T W_V[h]^T)`` at every key ``k``: two matmuls of one
+        ``d``-vector per row instead of two per position (rank one in the positions). Rows in
+        ``single`` must not be in ``live``. Equal to :meth:`_attn_adjoint_reference`
+        (``tests/test_fast_paths.py``); faster because the contractions run as single 2-D
         matmuls over the live rows only.
         """
         B, P, d = g.shape
@@ -464,13 +501,21 @@ class LinearisedModel:
             gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
             gv = _causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
             return (gv @ W_V_T).reshape(B, P, d)
-        b_idx, p_idx = live // P, live % P
-        gz = g.new_zeros(H, P, B, dh)
-        gz.permute(2, 1, 0, 3)[b_idx, p_idx] = (g.reshape(B * P, d)[live] @ W_O_T).reshape(-1, H, dh)
-        gv = _causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
         out = g.new_zeros(B * P, d)
-        out[live] = gv[b_idx, p_idx].reshape(-1, H * dh) @ W_V_T
-        return out.reshape(B, P, d)
+        if live.numel():
+            b_idx, p_idx = live // P, live % P
+            gz = g.new_zeros(H, P, B, dh)
+            gz.permute(2, 1, 0, 3)[b_idx, p_idx] = (g.reshape(B * P, d)[live] @ W_O_T).reshape(-1, H, dh)
+            gv = _causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
+            out[live] = gv[b_idx, p_idx].reshape(-1, H * dh) @ W_V_T
+        out = out.reshape(B, P, d)
+        if single is not None:
+            rows, pos = single
+            gz1 = (g[rows, pos] @ W_O_T).reshape(-1, H, dh)  # [n, H, dh]
+            U = torch.einsum("nhe,hde->nhd", gz1, W_V)  # [n, H, d]: each head's read-back of its value
+            coef = A[:, pos, :].permute(1, 2, 0)  # [n, P (keys), H]: A[h, pos_n, k]
+            out[rows] = torch.bmm(coef, U)
+        return out
 
     def _attn_adjoint_reference(self, L: int, g: Tensor) -> Tensor:
         """Plain reference of :meth:`_attn_adjoint` (einsums)."""
