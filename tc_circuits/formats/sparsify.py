@@ -73,8 +73,9 @@ def parse_hookpoint(hookpoint: str) -> tuple[int, str]:
     return int(m.group(1)), "mlp" if m.group(2) else "resid"
 
 
-def ln2_weights(hf_model: nn.Module | Mapping[str, Tensor], layer: int) -> tuple[Tensor, Tensor]:
-    """The ``h.{layer}.ln_2`` gain and bias from a HF model or its state dict (see
+def ln2_weights(hf_model: Any, layer: int) -> tuple[Tensor, Tensor]:
+    """The MLP-input norm gain and bias of ``layer`` from the unprocessed weights (HF folder, model,
+    ``fold_ln=False`` HookedTransformer or a state dict; see
     :func:`tc_circuits.formats._common.ln2_gain_bias`); the sparsify MLP input cannot be mapped
     to TransformerLens' ``ln2.hook_normalized`` without them."""
     return ln2_gain_bias(hf_model, layer)
@@ -99,7 +100,7 @@ def load_sparsify(
     path: str | os.PathLike,
     *,
     hookpoint: str | None = None,
-    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+    hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
     processing: Mapping[str, bool] | None = None,
     model_name: str | None = None,
     model: Any = None,
@@ -222,7 +223,7 @@ def load_sparsify(
 def load_sparsify_many(
     path: str | os.PathLike,
     *,
-    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+    hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
     processing: Mapping[str, bool] | None = None,
     model_name: str | None = None,
 ) -> TranscoderSet:
@@ -246,7 +247,7 @@ def save_sparsify(
     transcoders: Transcoder | TranscoderSet | Mapping[int, Transcoder],
     path: str | os.PathLike,
     *,
-    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+    hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
 ) -> Path:
     """Write TopK transcoders / SAEs as sparsify hookpoint folders (``h.L.mlp/`` or ``h.L/``)
     under ``path``, for ``SparseCoder.load_from_disk`` on the Hugging Face model.
