@@ -214,7 +214,7 @@ def load_sparsify(
         d_in=d_in, d_out=d_in, n_latents=n,
         input_site=in_site.hook_name, output_site=out_site.hook_name,
         activation="topk", k=int(raw.get("k", 32)), skip=skip,
-        model_name=tl_model_name(model_name), weight_processing=proc,
+        model_name=model_name if model is not None else tl_model_name(model_name), weight_processing=proc,
         extra={"source_format": "sparsify", "hookpoint": hookpoint},
     )
     return build(cfg, tensors, source=source)

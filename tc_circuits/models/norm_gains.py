@@ -226,7 +226,8 @@ def mlp_input_norm(source: Any, layer: int, *, name: str = "model source") -> ML
                 and ws.find(rf"layers\.{layer}\.pre_feedforward_layernorm\.weight"):
             continue  # Gemma's post_attention_layernorm is the attention post-norm
         w = ws.get(key)
-        gain = w.double().add(1.0).to(w.dtype) if minus_one else w
+        # Gemma's RMSNorm computes (1.0 + weight.float()) in float32, as does TransformerLens' converter
+        gain = w.float() + 1.0 if minus_one else w
         bias = torch.zeros_like(gain)
         if has_bias:
             b_key = key[: -len("weight")] + "bias"
