@@ -36,6 +36,7 @@ FAMS = ("pythia", "llama3", "gemma2", "gemma3")
 L = 1
 P = 10
 N = 48
+TOL32 = 1e-5  # float32: HF vs TransformerLens forward differ at this level
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,7 @@ def test_sparsify_on_hf_mlp_module(fams, name, tmp_path):
     tc.check_compatible(f.m32)
     assert (tc.cfg.input_site, tc.cfg.output_site) == (f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out")
     ours = tc(tl_sites(f.m32, toks)["ln2.hook_normalized"])
-    _check(ours, *topk_ref(hf_sites(f, toks)["mlp_in"], t, 6), f, tol=1e-4)
+    _check(ours, *topk_ref(hf_sites(f, toks)["mlp_in"], t, 6), f, tol=TOL32)
     # float64, exact
     folder, t = write_sparsify(tmp_path / "f64", f, torch.float64, hookpoint)
     tc = load_sparsify(folder, hf_model=f.sd, model=f.m64)
@@ -251,7 +252,7 @@ def test_sparsify_gemma_mlp_output_is_refused(fams, tmp_path):
 
 
 # ----------------------------------------------------------------------------- GemmaScope
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-9)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, TOL32), (torch.float64, 1e-9)])
 def test_gemmascope_npz_on_gemma2(fams, tmp_path, dtype, tol):
     """GemmaScope (Gemma-2) reads ln2.hook_normalized -> hook_mlp_out: no gain, mapped one to one."""
     f, toks = fams["gemma2"], _tokens()
@@ -268,7 +269,7 @@ def test_gemmascope_npz_on_gemma2(fams, tmp_path, dtype, tol):
 
 
 @pytest.mark.parametrize("name", ["gemma3", "gemma2"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-9)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, TOL32), (torch.float64, 1e-9)])
 def test_gemmascope2_folds_the_pre_mlp_gain(fams, tmp_path, name, dtype, tol):
     """GemmaScope 2 reads pre_feedforward_layernorm.output (with its 1 + w gain): folded into W_enc and
     the affine skip; output post_feedforward_layernorm.output = our hook_mlp_out."""
