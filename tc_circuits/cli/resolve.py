@@ -132,6 +132,8 @@ def load_transcoders_from(spec: str, model: Any, *, dtype: str = "float32") -> A
             raise FileNotFoundError(f"--transcoders {spec!r}: no such folder or file (or organism kind {ORGANISM_KINDS})")
         fmt = detect_format(path)
         kwargs = {"processing": weight_processing(model)} if fmt in ("circuit-tracer", "sparsify", "dunefsky") else {}
+        if fmt == "gemmascope":
+            kwargs = {"model": model}
         loaded = load_any(path, format=fmt, **kwargs)
         tcs = TranscoderSet({loaded.cfg.layer: loaded}) if isinstance(loaded, Transcoder) else TranscoderSet(loaded)
         for tc in tcs.values():
