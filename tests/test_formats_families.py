@@ -24,13 +24,15 @@ import pytest
 import torch
 import yaml
 from attribution_helpers import check_edges_by_intervention
-from families import VOCAB, build_folder, family
+from families import FAMILY_NAMES, VOCAB, build_folder, family
 from safetensors.torch import load_file, save_file
 
 from tc_circuits.attribution import attribute, logit_target
 from tc_circuits.formats import load_circuit_tracer, load_saelens, load_sparsify, save_sparsify
 from tc_circuits.formats.gemmascope import load_gemmascope
 from tc_circuits.models.loading import load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:target .*has probability")
 
 FAMS = ("pythia", "llama3", "gemma2", "gemma3")
 L = 1
@@ -328,6 +330,15 @@ def test_circuit_tracer_sets_per_family_and_graph_is_exact(fams, tmp_path, name,
            f, tol=1e-9)
     for tc in tcs.values():
         tc.check_compatible(f.m64)
+    if in_hook == "mlp.hook_in":  # export is the inverse (Gemma: written as hook_mlp_out, after the post-norm)
+        from tc_circuits.formats import save_circuit_tracer
+
+        out = save_circuit_tracer(tcs, tmp_path / "export", hf_model=f.folder)
+        written = yaml.safe_load((out / "config.yaml").read_text())
+        assert (written["feature_input_hook"], written["feature_output_hook"]) == (in_hook, out_hook)
+        back = load_circuit_tracer(out, hf_model=f.folder, model=f.m64)
+        for key, v in tcs[L].state_dict().items():
+            torch.testing.assert_close(back[L].state_dict()[key], v, atol=1e-12, rtol=1e-12)
     target = logit_target(5, VOCAB)
     graph = attribute(f.m64, tcs, toks, targets=[target], progress=False, batch_size=16)
     assert graph.metadata["exactness_max_abs_dev"] < 1e-9
@@ -452,3 +463,55 @@ def test_bad_inputs_name_the_field_or_site(fams, tmp_path):
     with pytest.raises(ValueError, match=r"'blocks.1.hook_resid_post'.*center_writing_weights=False.*center_writing_weights=True"):
         load_saelens(root, model=pythia.m32)
     assert load_saelens(root).cfg.weight_processing["center_writing_weights"] is False  # without a model: as before
+
+
+# ----------------------------------------------------------------------------- entry points
+def test_gemmascope_detected_converted_and_resolved_as_a_saelens_release(fams, tmp_path, monkeypatch):
+    from tc_circuits.cli.convert import ConvertOptions, convert
+    from tc_circuits.coders.transcoder import Transcoder
+    from tc_circuits.formats import detect_format, load_any, load_saelens_release
+    from tc_circuits.formats import hub
+
+    f = fams["gemma3"]
+    t = jump_tensors(f.m32.cfg.d_model, 8, torch.float32, skip=True)
+    folder = write_gemmascope2(tmp_path, L, t)
+    assert detect_format(folder) == detect_format(folder / "params.safetensors") == "gemmascope"
+    direct = load_any(folder, hf_model=f.folder, model=f.m32)
+    # the CLI reads the norm gains from --hf-model lazily (a folder) and writes our format
+    out = convert(folder, tmp_path / "ours", ConvertOptions(src_format=None, hf_model=str(f.folder)))
+    back = Transcoder.load(out)
+    for key, v in direct.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[key], v, atol=0, rtol=0)
+    # SAELens' gemma-scope-2b-pt-transcoders release (conversion gemma_2_transcoder) -> params.npz
+    g2 = fams["gemma2"]
+    npz = write_gemmascope(tmp_path / "repo", L, jump_tensors(g2.m32.cfg.d_model, 9, torch.float32))
+    monkeypatch.setattr(hub, "saelens_release", lambda release, sae_id: {
+        "repo_id": "google/gemma-scope-2b-pt-transcoders", "path": sae_id, "config_overrides": {},
+        "norm_scaling_factor": None, "conversion_func": "gemma_2_transcoder", "model": "gemma-2-2b"})
+    monkeypatch.setattr(hub, "download", lambda repo_id, subfolder=None, **kw: tmp_path / "repo" / subfolder)
+    tc = load_saelens_release("gemma-scope-2b-pt-transcoders", str(npz.relative_to(tmp_path / "repo")))
+    assert (tc.cfg.model_name, tc.cfg.layer, tc.cfg.input_site) == ("gemma-2-2b", L, f"blocks.{L}.ln2.hook_normalized")
+    with pytest.raises(ValueError, match="gemma2 checkpoint.*llama"):
+        load_saelens_release("gemma-scope-2b-pt-transcoders", str(npz.relative_to(tmp_path / "repo")),
+                             model=fams["llama3"].m32)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_norm_gains_equal_transformer_lens_conversion(name, tmp_path):
+    """The MLP-input norm read from the HF folder (and the HF model) is what TransformerLens'
+    own converter puts in ln2.w / ln2.b (unprocessed), for every family."""
+    from tc_circuits.models.norm_gains import mlp_input_norm
+
+    hf, folder = build_folder(family(name), tmp_path)
+    tl = load_model(folder, fold_ln=False, center_writing_weights=False, center_unembed=False)
+    for layer in range(tl.cfg.n_layers):
+        w = tl.blocks[layer].ln2.w.detach()
+        b = getattr(tl.blocks[layer].ln2, "b", None)
+        for source in (folder, hf, tl):
+            got = mlp_input_norm(source, layer)
+            torch.testing.assert_close(got.gain.float(), w.float(), atol=0, rtol=0)
+            torch.testing.assert_close(got.bias.float(), torch.zeros_like(w) if b is None else b.detach().float(),
+                                       atol=0, rtol=0)
+    processed = load_model(folder)
+    with pytest.raises(ValueError, match="no MLP-input norm"):
+        mlp_input_norm(processed, 0)
