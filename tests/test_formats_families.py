@@ -244,8 +244,9 @@ def test_sparsify_on_hf_mlp_module(fams, name, tmp_path):
         torch.testing.assert_close(exported[key], t[key], atol=1e-12, rtol=1e-12)
 
 
-def test_sparsify_gemma_mlp_output_is_refused(fams, tmp_path):
-    f = fams["gemma2"]
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_sparsify_gemma_mlp_output_is_refused(fams, tmp_path, name):
+    f = fams[name]
     folder, _ = write_sparsify(tmp_path, f, torch.float32, f"layers.{L}.mlp")
     with pytest.raises(ValueError, match="post_feedforward_layernorm.*hook_mlp_out|before Gemma's post-MLP norm"):
         load_sparsify(folder, hf_model=f.folder, model=f.m32)
