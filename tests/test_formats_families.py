@@ -516,3 +516,23 @@ def test_norm_gains_equal_transformer_lens_conversion(name, tmp_path):
     processed = load_model(folder)
     with pytest.raises(ValueError, match="no MLP-input norm"):
         mlp_input_norm(processed, 0)
+
+
+def test_gemmascope_tree_on_gemma3_gives_an_exact_graph(fams, tmp_path):
+    """A GemmaScope-2 tree (one folder per layer) loads as a set through load_any; the graph
+    built with it (gain folded into every layer's encoder) is exact."""
+    from tc_circuits.formats import detect_format, load_any
+
+    f, toks = fams["gemma3"], _tokens()
+    for layer in range(f.m64.cfg.n_layers):
+        write_gemmascope2(tmp_path / "tree", layer, jump_tensors(f.m64.cfg.d_model, 20 + layer, torch.float64, skip=True))
+    assert detect_format(tmp_path / "tree") == "gemmascope"
+    tcs = load_any(tmp_path / "tree", hf_model=f.folder, model=f.m64)
+    assert sorted(tcs) == [0, 1] and all(tc.cfg.extra["gain_folded"] for tc in tcs.values())
+    target = logit_target(7, VOCAB)
+    graph = attribute(f.m64, tcs, toks, targets=[target], progress=False, batch_size=16)
+    assert graph.metadata["exactness_max_abs_dev"] < 1e-9
+    check_edges_by_intervention(graph, f.m64, tcs, toks, [target], n_features=8)
+    write_gemmascope2(tmp_path / "tree" / "other", 1, jump_tensors(f.m64.cfg.d_model, 30, torch.float64))
+    with pytest.raises(ValueError, match="several GemmaScope transcoders for one layer"):
+        load_any(tmp_path / "tree", hf_model=f.folder, model=f.m64)

@@ -44,6 +44,9 @@ def detect_format(path: str | os.PathLike) -> str:
         if (p / WEIGHTS_NAME).is_file():
             return "tc_circuits"
     subs = [s for s in p.iterdir() if s.is_dir()]
+    if any(next(s.rglob("params.npz"), None) or next(s.rglob("params.safetensors"), None)
+           for s in subs if s.name.startswith("layer_") or s.name == "transcoder"):
+        return "gemmascope"  # a GemmaScope repository tree: layer_L/width_W/average_l0_N/params.npz
     if any((s / CONFIG_NAME).is_file() and (s / WEIGHTS_NAME).is_file() for s in subs if s.name.startswith("layer_")):
         return "tc_circuits"
     if any((s / "cfg.json").is_file() and (s / "sae.safetensors").is_file() for s in subs):
@@ -104,6 +107,10 @@ def load_any(
     if fmt == "gemmascope":
         from tc_circuits.formats.gemmascope import load_gemmascope
 
+        if p.is_dir() and not any((p / f).is_file() for f in ("params.npz", "params.safetensors")):
+            from tc_circuits.formats.gemmascope import load_gemmascope_set
+
+            return load_gemmascope_set(p, **kwargs)
         return load_gemmascope(p, **kwargs)
     from tc_circuits.formats.dunefsky import load_dunefsky
 

@@ -212,13 +212,36 @@ def load_gemmascope(
     return build(cfg, tensors, source=source)
 
 
-def load_gemmascope_set(paths: dict[int, str | os.PathLike], **kwargs: Any) -> TranscoderSet:
-    """:func:`load_gemmascope` for each ``{layer: path}`` (same keyword arguments)."""
+def find_params(root: str | os.PathLike) -> dict[int, Path]:
+    """``{layer: parameter file}`` of the GemmaScope files under ``root`` (one per layer).
+
+    Raises ``ValueError`` naming the files when a layer has several (several widths or L0s:
+    pick one folder per layer and pass ``{layer: path}`` to :func:`load_gemmascope_set`).
+    """
+    root = Path(root)
+    files = sorted(f for name in PARAM_FILES for f in root.rglob(name))
+    by_layer: dict[int, list[Path]] = {}
+    for f in files:
+        by_layer.setdefault(_layer(f, None), []).append(f)
+    several = {layer: [str(f.parent.relative_to(root)) for f in fs] for layer, fs in by_layer.items() if len(fs) > 1}
+    if several:
+        raise ValueError(f"{root}: several GemmaScope transcoders for one layer {several}; pass "
+                         f"{{layer: folder}} to load_gemmascope_set to choose")
+    if not by_layer:
+        raise FileNotFoundError(f"no GemmaScope {' / '.join(PARAM_FILES)} under {root}")
+    return {layer: fs[0] for layer, fs in sorted(by_layer.items())}
+
+
+def load_gemmascope_set(paths: dict[int, str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> TranscoderSet:
+    """:func:`load_gemmascope` for each ``{layer: path}``, or for every layer found under a
+    folder (:func:`find_params`); the same keyword arguments."""
+    if not isinstance(paths, dict):
+        paths = find_params(paths)
     out = TranscoderSet()
     for layer, p in sorted(paths.items()):
         out[layer] = load_gemmascope(p, layer=layer, **kwargs)
     return out
 
 
-__all__ = ["GEMMASCOPE2_HOOKS", "GEMMASCOPE_HOOKS", "PARAM_FILES", "load_gemmascope", "load_gemmascope_set",
+__all__ = ["GEMMASCOPE2_HOOKS", "GEMMASCOPE_HOOKS", "PARAM_FILES", "find_params", "load_gemmascope", "load_gemmascope_set",
            "params_file", "read_params"]
