@@ -252,6 +252,13 @@ def test_sparsify_gemma_mlp_output_is_refused(fams, tmp_path, name):
         load_sparsify(folder, hf_model=f.folder, model=f.m32)
     with pytest.raises(ValueError, match="before Gemma's post-MLP norm"):
         load_sparsify(folder, hf_model=f.folder)  # the family comes from the weights alone
+    # and the other way: our post-norm transcoder is not written to sparsify's pre-norm site
+    ours = load_gemmascope(write_gemmascope2(tmp_path / "gs", L, jump_tensors(f.m32.cfg.d_model, 1, torch.float32),
+                                             model_name=f"{name}-x"), hf_model=f.folder, model=f.m32)
+    topk = type(ours)(ours.cfg.replace(activation="topk", k=4))
+    with pytest.raises(ValueError, match=r"layers.1.mlp transcoders predict the MLP output before Gemma's "
+                                         r"post_feedforward_layernorm.*blocks.1.hook_mlp_out"):
+        save_sparsify(topk, tmp_path / "out", hf_model=f.folder)
 
 
 # ----------------------------------------------------------------------------- GemmaScope

@@ -141,7 +141,8 @@ def load_sparsify(
         from tc_circuits.models.model_info import model_signature
 
         sig = model_signature(model)
-        check_width(source, "d_in", strict_int(raw.get("d_in", 0), "d_in", source), model)
+        if "d_in" in raw:
+            check_width(source, "d_in", strict_int(raw["d_in"], "d_in", source), model)
         proc, model_name = dict(sig["weight_processing"]), model_name or sig["model_name"]
     if where == "mlp":  # the MLP module's output: before Gemma's post-MLP norm
         output_site(source, hf_hook(hookpoint, io="output", family=family), family, model)
