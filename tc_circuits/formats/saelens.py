@@ -49,7 +49,6 @@ from tc_circuits.formats._common import (
     threshold_to_log,
     tl_model_name,
 )
-from tc_circuits.models.sites import Site
 from tc_circuits.coders.transcoder import Transcoder
 
 CFG_FILE = "cfg.json"
