@@ -201,3 +201,46 @@ def test_vjp_never_mutates_a_yielded_gradient():
     assert [L for L, _, _ in seen] == [2, 1, 0, -1]
     for _, g, snapshot in seen:
         assert torch.equal(g, snapshot)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_vjp_skipping_zero_rows_equals_dense(monkeypatch, parallel):
+    """The transposed pass's matmuls over live (row, position) pairs only equal the dense ones:
+    every yielded gradient, for rows at mixed layers and positions (some rows injected low, so
+    most pairs are dead at the top)."""
+    import tc_circuits.attribution.linearise as lz
+
+    monkeypatch.setattr(lz, "_LIVE_DENSE_SHARE", 1.01)  # always gather, however many pairs are live
+    model = make_model64(n_layers=3)
+    model.cfg.parallel_attn_mlp = parallel  # the blocks share this cfg: a Pythia-style parallel block
+    tcs = make_transcoders(model)
+    tokens = torch.randint(0, 50, (9,), generator=torch.Generator().manual_seed(8))
+    lin = lz.LinearisedModel(model, tcs, tokens)
+    gen = torch.Generator().manual_seed(9)
+    layers = torch.tensor([3, 2, 0, 1, 2, 0])
+    positions = torch.tensor([8, 3, 6, 0, 7, 2])
+    vectors = torch.randn(6, model.cfg.d_model, dtype=torch.float64, generator=gen)
+    res = {}
+    for skip in (True, False):
+        monkeypatch.setattr(lz, "_SKIP_ZERO_ROWS", skip)
+        res[skip] = [(L, g.clone()) for L, g in lin.vjp(layers, positions, vectors)]
+    assert [L for L, _ in res[True]] == [L for L, _ in res[False]]
+    for (_, a), (_, b) in zip(res[True], res[False]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_attribute_skipping_zero_rows_equals_dense(monkeypatch):
+    import tc_circuits.attribution.linearise as lz
+
+    model = make_model64(n_layers=3)
+    tcs = make_transcoders(model)
+    tokens = torch.randint(0, 50, (10,), generator=torch.Generator().manual_seed(10))
+    monkeypatch.setattr(lz, "_LIVE_DENSE_SHARE", 1.01)
+    fast = attribute(model, tcs, tokens, batch_size=7, progress=False)
+    monkeypatch.setattr(lz, "_SKIP_ZERO_ROWS", False)
+    dense = attribute(model, tcs, tokens, batch_size=7, progress=False)
+    a, b = _dense(fast), _dense(dense)
+    assert set(a) == set(b)
+    keys = sorted(a)
+    torch.testing.assert_close(torch.tensor([a[k] for k in keys], dtype=torch.float64),
+                               torch.tensor([b[k] for k in keys], dtype=torch.float64), rtol=1e-10, atol=1e-12)

@@ -54,6 +54,41 @@ from tc_circuits.models.sites import Site, global_hook
 #: Key-block size of :func:`_causal_transpose_matmul`; prompts up to twice this use one matmul.
 _CAUSAL_BLOCK = 256
 
+#: Skip the structurally zero (row, position) pairs in the transposed pass's ``d x d`` matmuls
+#: (False: dense matmuls over the whole ``[B, P]`` block; the reference, for tests/benchmarks).
+_SKIP_ZERO_ROWS = True
+
+#: Below this share of live (row, position) pairs the matmuls gather the live ones; above it the
+#: dense matmul is cheaper than the gather and scatter.
+_LIVE_DENSE_SHARE = 0.9
+
+
+def _live_rows(valid_pos: Tensor, rows: Tensor) -> Tensor | None:
+    """Flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero.
+
+    ``valid_pos[b, p] = p <= positions[b]`` (a row's gradient never reaches later positions:
+    attention is causal, everything else acts per position); ``rows[b]``: the row has been
+    injected at or above this layer. ``None`` means "use the dense matmul" (skipping is off, or
+    almost every pair is live).
+    """
+    if not _SKIP_ZERO_ROWS:
+        return None
+    m = (valid_pos & rows[:, None]).reshape(-1)
+    n = int(m.sum())
+    if n >= _LIVE_DENSE_SHARE * m.numel():
+        return None
+    return torch.nonzero(m).squeeze(1)
+
+
+def _rows_matmul(x: Float[Tensor, "n d"], W: Float[Tensor, "d e"], live: Tensor | None) -> Float[Tensor, "n e"]:
+    """``x @ W`` computing only the rows in ``live`` (the others are known zero); ``None``: dense."""
+    if live is None:
+        return x @ W
+    out = x.new_zeros(x.shape[0], W.shape[1])
+    if live.numel():
+        out.index_copy_(0, live, x.index_select(0, live) @ W)
+    return out
+
 
 def _causal_transpose_matmul(A: Float[Tensor, "h q k"], x: Float[Tensor, "h q n"]) -> Float[Tensor, "h k n"]:
     """``A^T @ x`` for causal (lower-triangular) attention patterns, skipping the zero blocks.
@@ -250,7 +285,7 @@ class LinearisedModel:
             x = self.mlp_in[L].to(tc.W_enc.dtype)
             pre = tc.pre_acts(x)
             dense[L] = tc.activate(pre)
-            output = decode_output(self.transcoders, L, dense, x)
+            output = decode_output(self.transcoders, L, dense, x, sparse=True)
             self.errors.append((self.mlp_out[L] - output.to(self.mlp_out[L].dtype)).detach())
             p, lat = torch.nonzero(dense[L], as_tuple=True)
             layers.append(torch.full_like(p, L))
@@ -330,7 +365,7 @@ class LinearisedModel:
                 dense = torch.zeros(P, tc.cfg.n_latents, device=dev, dtype=tc.W_dec.dtype)
                 dense[self.features.pos[sl].to(dev), self.features.latent[sl].to(dev)] = acts[sl].to(dense.dtype)
                 dense_by_layer[L] = dense
-                decoded = decode_output(self.transcoders, L, dense_by_layer, n.to(tc.W_dec.dtype))
+                decoded = decode_output(self.transcoders, L, dense_by_layer, n.to(tc.W_dec.dtype), sparse=True)
                 out = out + decoded.to(x.dtype)
             outs.append(out)
             x = x + out
@@ -368,6 +403,7 @@ class LinearisedModel:
         B = int(layers.shape[0])
         P = int(positions.max()) + 1
         rows = torch.arange(B, device=dev)
+        valid_pos = positions[:, None] >= torch.arange(P, device=dev)[None]  # [B, P]
         g = torch.zeros(B, P, self.d_model, device=dev, dtype=self.embed.dtype)
         top = int(layers.max())
         fin = layers == self.n_layers
@@ -383,7 +419,9 @@ class LinearisedModel:
             sel = layers == L
             h = None  # gradient at mlp_in (skip path + rows injected here)
             if nonzero and tc is not None and tc.W_skip is not None:
-                h = g @ tc.W_skip.detach().T.to(g.dtype)
+                live_in = _live_rows(valid_pos, layers > L)  # rows injected above this layer
+                W_skip_T = tc.W_skip.detach().T.to(g.dtype)
+                h = _rows_matmul(g.reshape(B * P, -1), W_skip_T, live_in).reshape(B, P, -1)
             if bool(sel.any()):
                 if h is None:
                     h = torch.zeros_like(g)
@@ -392,9 +430,10 @@ class LinearisedModel:
             if not nonzero:
                 continue
             post = self.ln1_post[L]
+            live = _live_rows(valid_pos, layers >= L)
             if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
                 t = g if post is None else post.adjoint(g)
-                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t), inplace=True).add_(g)
+                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, live), inplace=True).add_(g)
                 if h is not None:
                     g_new.add_(self.ln2[L].adjoint(h, affine=False, inplace=True))
                 g = g_new
@@ -402,23 +441,36 @@ class LinearisedModel:
             if h is not None:  # g += ln2^T h
                 g = self.ln2[L].adjoint(h, affine=False, inplace=True).add_(g)
             t = g if post is None else post.adjoint(g)
-            g = self.ln1[L].adjoint(self._attn_adjoint(L, t), inplace=True).add_(g)
+            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, live), inplace=True).add_(g)
         yield -1, g
 
-    def _attn_adjoint(self, L: int, g: Tensor) -> Tensor:
+    def _attn_adjoint(self, L: int, g: Tensor, live: Tensor | None = None) -> Tensor:
         """Adjoint of the frozen attention (OV with cached patterns) as three plain matmuls.
 
-        Equal to :meth:`_attn_adjoint_reference` (``tests/test_fast_paths.py``); faster because
-        the two ``d_model x d_model`` contractions run as single 2-D matmuls.
+        ``live``: flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero
+        (:func:`_live_rows`); the two ``d_model x d_model`` contractions skip the others, which
+        are zero in ``g`` and in the result. Equal to :meth:`_attn_adjoint_reference`
+        (``tests/test_fast_paths.py``); faster because those contractions run as single 2-D
+        matmuls over the live rows only.
         """
         B, P, d = g.shape
         W_O, W_V = self.W_O[L].to(g.dtype), self.W_V[L].to(g.dtype)
         H, dh = W_O.shape[0], W_O.shape[1]
-        gz = (g.reshape(B * P, d) @ W_O.reshape(H * dh, d).T).reshape(B, P, H, dh)
-        gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
         A = self.patterns[L][:, :P, :P].to(g.dtype)
-        gv = _causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
-        return (gv @ W_V.permute(0, 2, 1).reshape(H * dh, d)).reshape(B, P, d)
+        W_O_T = W_O.reshape(H * dh, d).T
+        W_V_T = W_V.permute(0, 2, 1).reshape(H * dh, d)
+        if live is None:
+            gz = (g.reshape(B * P, d) @ W_O_T).reshape(B, P, H, dh)
+            gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
+            gv = _causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
+            return (gv @ W_V_T).reshape(B, P, d)
+        b_idx, p_idx = live // P, live % P
+        gz = g.new_zeros(H, P, B, dh)
+        gz.permute(2, 1, 0, 3)[b_idx, p_idx] = (g.reshape(B * P, d)[live] @ W_O_T).reshape(-1, H, dh)
+        gv = _causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
+        out = g.new_zeros(B * P, d)
+        out[live] = gv[b_idx, p_idx].reshape(-1, H * dh) @ W_V_T
+        return out.reshape(B, P, d)
 
     def _attn_adjoint_reference(self, L: int, g: Tensor) -> Tensor:
         """Plain reference of :meth:`_attn_adjoint` (einsums)."""
