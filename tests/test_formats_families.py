@@ -543,3 +543,17 @@ def test_gemmascope_tree_on_gemma3_gives_an_exact_graph(fams, tmp_path):
     write_gemmascope2(tmp_path / "tree" / "other", 1, jump_tensors(f.m64.cfg.d_model, 30, torch.float64))
     with pytest.raises(ValueError, match="several GemmaScope transcoders for one layer"):
         load_any(tmp_path / "tree", hf_model=f.folder, model=f.m64)
+
+
+def test_command_line_resolves_gemmascope_with_the_model_folder(fams, tmp_path):
+    """``--model FOLDER --transcoders TREE``: the folder's unprocessed gains fold into the encoders."""
+    from tc_circuits.cli.resolve import ModelOptions, resolve
+
+    f = fams["gemma3"]
+    for layer in range(f.m32.cfg.n_layers):
+        write_gemmascope2(tmp_path / "tree", layer, jump_tensors(f.m32.cfg.d_model, 40 + layer, torch.float32))
+    got = resolve(ModelOptions(model=str(f.folder), transcoders=str(tmp_path / "tree"), device="cpu"))
+    direct = load_gemmascope(tmp_path / "tree" / "transcoder" / f"layer_{L}_width_16k_l0_small", hf_model=f.folder,
+                             model=f.m32)
+    assert sorted(got.transcoders) == [0, 1]
+    torch.testing.assert_close(got.transcoders[L].W_enc, direct.W_enc, atol=0, rtol=0)
