@@ -502,6 +502,16 @@ def test_gemmascope_detected_converted_and_resolved_as_a_saelens_release(fams, t
     with pytest.raises(ValueError, match="gemma2 checkpoint.*llama"):
         load_saelens_release("gemma-scope-2b-pt-transcoders", str(npz.relative_to(tmp_path / "repo")),
                              model=fams["llama3"].m32)
+    # GemmaScope 2 (conversion gemma_3): the per-layer transcoders, gain folded from hf_model
+    monkeypatch.setattr(hub, "saelens_release", lambda release, sae_id: {
+        "repo_id": "google/gemma-scope-2-1b-pt", "path": sae_id, "config_overrides": {},
+        "norm_scaling_factor": None, "conversion_func": "gemma_3", "model": "google/gemma-3-1b-pt"})
+    monkeypatch.setattr(hub, "download", lambda repo_id, subfolder=None, **kw: tmp_path / subfolder)
+    rel = str(folder.relative_to(tmp_path))
+    tc = load_saelens_release("gemma-scope-2-1b-pt-transcoders", rel, hf_model=f.folder, model=f.m32)
+    torch.testing.assert_close(tc.W_enc, direct.W_enc, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="only its per-layer transcoders"):
+        load_saelens_release("gemma-scope-2-1b-pt-res", "resid_post/layer_3_width_16k_l0_small")
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

@@ -45,7 +45,7 @@ def detect_format(path: str | os.PathLike) -> str:
             return "tc_circuits"
     subs = [s for s in p.iterdir() if s.is_dir()]
     if any(next(s.rglob("params.npz"), None) or next(s.rglob("params.safetensors"), None)
-           for s in subs if s.name.startswith("layer_") or s.name == "transcoder"):
+           for s in subs if s.name.startswith(("layer_", "transcoder"))):
         return "gemmascope"  # a GemmaScope repository tree: layer_L/width_W/average_l0_N/params.npz
     if any((s / CONFIG_NAME).is_file() and (s / WEIGHTS_NAME).is_file() for s in subs if s.name.startswith("layer_")):
         return "tc_circuits"

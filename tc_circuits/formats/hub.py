@@ -86,10 +86,11 @@ def saelens_release(release: str, sae_id: str) -> dict[str, Any]:
     entry = directory[release]
     if sae_id not in entry.saes_map:
         raise ValueError(f"SAELens release {release!r} has no SAE {sae_id!r} (e.g. {sorted(entry.saes_map)[:3]})")
-    if entry.conversion_func not in (None, "sae_lens", "gemma_2_transcoder"):
+    if entry.conversion_func not in (None, "sae_lens", "gemma_2_transcoder", "gemma_3"):
         raise ValueError(
             f"SAELens release {release!r} is stored as {entry.conversion_func!r}, not in SAELens' own "
-            f"cfg.json + sae_weights.safetensors format or GemmaScope's params.npz; only those are supported"
+            f"cfg.json + sae_weights.safetensors format or GemmaScope's / GemmaScope 2's transcoder files; "
+            f"only those are supported"
         )
     overrides = entry.config_overrides or {}
     return {
@@ -116,15 +117,22 @@ def load_saelens_release(
     the release's config overrides and norm scaling factor applied as SAELens applies them.
 
     GemmaScope transcoder releases (``gemma-scope-2b-pt-transcoders``, SAELens'
-    ``gemma_2_transcoder`` conversion) load through
+    ``gemma_2_transcoder`` conversion; GemmaScope 2's ``gemma-scope-2-*-transcoders``, its
+    ``gemma_3`` conversion, per-layer transcoders only) load through
     :func:`tc_circuits.formats.gemmascope.load_gemmascope`. ``model`` / ``hf_model``: the
     processed target model and its unprocessed weights, as the loaders take them.
     """
     from tc_circuits.formats.saelens import load_saelens
 
     ref = saelens_release(release, sae_id)
+    conversion = ref.get("conversion_func")
+    if conversion == "gemma_3" and ("transcoder" not in ref["path"] or "clt" in ref["path"]):
+        raise ValueError(
+            f"SAELens release {release!r} / {sae_id!r} is a GemmaScope 2 SAE or cross-layer transcoder "
+            f"({ref['path']}); only its per-layer transcoders (transcoder/layer_L_...) are supported"
+        )
     folder = download(ref["repo_id"], subfolder=ref["path"], revision=revision, cache_dir=cache_dir)
-    if ref.get("conversion_func") == "gemma_2_transcoder":
+    if conversion in ("gemma_2_transcoder", "gemma_3"):
         from tc_circuits.formats.gemmascope import load_gemmascope
 
         return load_gemmascope(folder, model=model, hf_model=hf_model,
