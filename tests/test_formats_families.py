@@ -533,6 +533,11 @@ def test_norm_gains_equal_transformer_lens_conversion(name, tmp_path):
     processed = load_model(folder)
     with pytest.raises(ValueError, match="no MLP-input norm"):
         mlp_input_norm(processed, 0)
+    if name == "llama3":  # sharded folders (safetensors index, torch .bin index) read the same
+        for kind, safe in (("st", True), ("bin", False)):
+            hf.save_pretrained(tmp_path / kind, max_shard_size="20KB", safe_serialization=safe)
+            got = mlp_input_norm(tmp_path / kind, 1)
+            torch.testing.assert_close(got.gain, tl.blocks[1].ln2.w.detach(), atol=0, rtol=0)
 
 
 def test_gemmascope_tree_on_gemma3_gives_an_exact_graph(fams, tmp_path):

@@ -128,8 +128,14 @@ class WeightSource:
         elif (root / "model.safetensors.index.json").is_file():
             index = json.loads((root / "model.safetensors.index.json").read_text())["weight_map"]
             files = {k: root / f for k, f in index.items()}
-        elif (root / "pytorch_model.bin").is_file():
-            sd = torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        elif (root / "pytorch_model.bin").is_file() or (root / "pytorch_model.bin.index.json").is_file():
+            if (root / "pytorch_model.bin").is_file():
+                shards = {"pytorch_model.bin": None}
+            else:
+                shards = dict.fromkeys(json.loads((root / "pytorch_model.bin.index.json").read_text())["weight_map"].values())
+            sd: dict[str, Tensor] = {}
+            for shard in shards:  # weights_only: never runs code from the file
+                sd.update(torch.load(root / shard, map_location="cpu", weights_only=True))
             self.keys, self._get = list(sd), sd.__getitem__
             return
         else:
