@@ -78,6 +78,14 @@ def test_sparsify_sparse_coder_on_family_mlp(tmp_path, name):
     if name == "pythia":  # TransformerLens centres the LayerNorm model's MLP output
         theirs = theirs - theirs.mean(-1, keepdim=True)
     assert rel(mine, theirs) < 1e-5
+    # our export, loaded by sparsify at the same hookpoint, computes the same on HF's activations
+    from tc_circuits.formats import save_sparsify
+
+    save_sparsify(ours, tmp_path / "export", hf_model=folder)
+    back = SparseCoder.load_from_disk(tmp_path / "export" / f"layers.{L}.mlp", device="cpu")
+    with torch.no_grad():
+        again = back(seen["x"]).sae_out
+    assert rel(again, theirs) < 1e-5  # (Pythia: the centred decoder was written as is)
 
 
 def test_gemmascope_npz_as_circuit_tracer_and_saelens_read_it(tmp_path, monkeypatch):
