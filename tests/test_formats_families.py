@@ -239,6 +239,10 @@ def test_sparsify_on_hf_mlp_module(fams, name, tmp_path):
     back = load_sparsify(out / hookpoint, hf_model=f.folder, model=f.m64)
     for key, v in tc.state_dict().items():
         torch.testing.assert_close(back.state_dict()[key], v, atol=1e-12, rtol=1e-12)
+    from tc_circuits.formats import load_any
+
+    many = load_any(out, hf_model=f.folder, model=f.m64)  # the export folder, as a set
+    assert sorted(many) == [L] and torch.equal(many[L].W_enc, back.W_enc)
     exported = load_file(str(out / hookpoint / "sae.safetensors"))
     for key in ("encoder.weight", "encoder.bias"):
         torch.testing.assert_close(exported[key], t[key], atol=1e-12, rtol=1e-12)

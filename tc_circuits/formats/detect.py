@@ -87,6 +87,9 @@ def load_any(
         from tc_circuits.formats.circuit_tracer_clt import is_circuit_tracer_clt, load_circuit_tracer_clt
 
         if is_circuit_tracer_clt(p):  # model_kind: cross_layer_transcoder
+            extra = sorted(set(kwargs) - {"processing"})
+            if extra:
+                raise ValueError(f"{p}: a circuit-tracer cross-layer transcoder takes only processing=, got {extra}")
             return load_circuit_tracer_clt(p, **kwargs)
         from tc_circuits.formats.circuit_tracer import load_circuit_tracer
 

@@ -227,15 +227,17 @@ def load_sparsify_many(
     hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
     processing: Mapping[str, bool] | None = None,
     model_name: str | None = None,
+    model: Any = None,
 ) -> TranscoderSet:
-    """Every hookpoint folder under ``path`` (one per layer) as a :class:`TranscoderSet`."""
+    """Every hookpoint folder under ``path`` (one per layer) as a :class:`TranscoderSet`
+    (the keyword arguments as for :func:`load_sparsify`)."""
     root = Path(path)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
     if not folders:
         raise FileNotFoundError(f"no sparsify hookpoint folders (with {CFG_FILE}) in {root}")
     out = TranscoderSet()
     for folder in folders:
-        tc = load_sparsify(folder, hf_model=hf_model, processing=processing, model_name=model_name)
+        tc = load_sparsify(folder, hf_model=hf_model, processing=processing, model_name=model_name, model=model)
         if tc.cfg.layer in out:
             raise ValueError(f"{root}: two sparsify hookpoints map to layer {tc.cfg.layer}")
         out[tc.cfg.layer] = tc
