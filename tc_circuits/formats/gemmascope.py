@@ -11,6 +11,9 @@ Two layouts (one folder per layer and width, e.g. ``layer_3/width_16k/average_l0
   ``hook_name_out: blocks.L.hook_mlp_out``, ``jumprelu_transcoder``) both run it there:
   ``x`` is the pre-MLP RMSNorm's normalised vector *before* its ``(1 + w)`` gain, the output
   is after the post-MLP norm. Those are exactly our sites, so the tensors map one to one.
+  Google's model card says the same (the pre-MLP RMSNorm gain folded into the MLP input
+  matrices, the transcoder trained just after the RMSNorm to reconstruct the value added to the
+  residual stream).
 * **GemmaScope 2** (Gemma-3, ``google/gemma-scope-2-*``): ``params.safetensors`` with
   ``w_enc [d, n]``, ``w_dec [n, d]``, ``b_enc``, ``b_dec``, ``threshold`` and, for the affine
   ("skip") transcoders, ``affine_skip_connection [d, d]`` (``x @ affine_skip_connection``, as
