@@ -582,3 +582,26 @@ def test_command_line_resolves_gemmascope_with_the_model_folder(fams, tmp_path):
                              model=f.m32)
     assert sorted(got.transcoders) == [0, 1]
     torch.testing.assert_close(got.transcoders[L].W_enc, direct.W_enc, atol=0, rtol=0)
+
+
+def test_sparsify_sae_on_gemma_post_feedforward_norm(fams, tmp_path):
+    """An SAE on Gemma's layers.L.post_feedforward_layernorm reads its output: our hook_mlp_out."""
+    f, toks = fams["gemma2"], _tokens()
+    hookpoint = f"layers.{L}.post_feedforward_layernorm"
+    g, d = _gen(11), f.m32.cfg.d_model
+    t = {"encoder.weight": _r(g, N, d, scale=d ** -0.5).float(), "encoder.bias": _r(g, N, scale=0.1).float(),
+         "W_dec": _r(g, N, d, scale=0.3).float(), "b_dec": _r(g, d, scale=0.1).float()}
+    (tmp_path / hookpoint).mkdir()
+    save_file(t, str(tmp_path / hookpoint / "sae.safetensors"))
+    (tmp_path / hookpoint / "cfg.json").write_text(json.dumps({"d_in": d, "num_latents": N, "k": 5}))
+    tc = load_sparsify(tmp_path / hookpoint, model=f.m32)
+    assert tc.cfg.input_site == tc.cfg.output_site == f"blocks.{L}.hook_mlp_out"
+    y = hf_sites(f, toks)["post_out"]
+    pre = torch.relu((y - t["b_dec"].double()) @ t["encoder.weight"].double().T + t["encoder.bias"].double())
+    vals, idx = pre.topk(5, dim=-1)
+    lat = torch.zeros_like(pre).scatter(-1, idx, vals)
+    ours = tc(tl_sites(f.m32, toks)["hook_mlp_out"])
+    _check(ours, lat, lat @ t["W_dec"].double() + t["b_dec"].double(), f, tol=TOL32)
+    (tmp_path / hookpoint / "cfg.json").write_text(json.dumps({"d_in": d, "num_latents": N, "k": 5, "transcode": True}))
+    with pytest.raises(ValueError, match="only SAEs on it"):
+        load_sparsify(tmp_path / hookpoint, model=f.m32)

@@ -58,19 +58,24 @@ from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
-_HOOKPOINT = re.compile(r"^(?:(?:model|transformer|gpt_neox)\.)?(?:h|layers)\.(\d+)(\.mlp)?$")
+_HOOKPOINT = re.compile(
+    r"^(?:(?:model|transformer|gpt_neox)\.)?(?:h|layers)\.(\d+)(\.mlp|\.post_feedforward_layernorm)?$")
 
 
 def parse_hookpoint(hookpoint: str) -> tuple[int, str]:
-    """``"h.3.mlp"`` -> ``(3, "mlp")``, ``"transformer.h.3"`` -> ``(3, "resid")``."""
+    """``"h.3.mlp"`` -> ``(3, "mlp")``, ``"transformer.h.3"`` -> ``(3, "resid")``,
+    ``"layers.3.post_feedforward_layernorm"`` (Gemma: the MLP output after its post-norm,
+    SAEs only) -> ``(3, "mlp_normed")``."""
     m = _HOOKPOINT.match(hookpoint)
     if not m:
         raise ValueError(
             f"sparsify hookpoint {hookpoint!r} cannot be mapped exactly to a TransformerLens site; "
-            f"supported: 'h.L.mlp' / 'layers.L.mlp' (MLP) and 'h.L' / 'layers.L' (block output), "
-            f"optionally prefixed 'transformer.', 'model.' or 'gpt_neox.'"
+            f"supported: 'h.L.mlp' / 'layers.L.mlp' (MLP), 'h.L' / 'layers.L' (block output) and, for "
+            f"SAEs, Gemma's 'layers.L.post_feedforward_layernorm', optionally prefixed 'transformer.', "
+            f"'model.' or 'gpt_neox.'"
         )
-    return int(m.group(1)), "mlp" if m.group(2) else "resid"
+    where = {".mlp": "mlp", ".post_feedforward_layernorm": "mlp_normed"}.get(m.group(2) or "", "resid")
+    return int(m.group(1)), where
 
 
 def ln2_weights(hf_model: Any, layer: int) -> tuple[Tensor, Tensor]:
@@ -173,6 +178,11 @@ def load_sparsify(
     b_enc = t["encoder.bias"].double()
     W_dec, b_dec = t["W_dec"].double(), t["b_dec"].double()
     W_skip = t["W_skip"].double().T if skip else None
+    if transcode and where == "mlp_normed":
+        raise ValueError(
+            f"{source}: a transcoder on {hookpoint!r} would map the norm's input to its output; only "
+            f"SAEs on it (its output: our hook_mlp_out) are supported"
+        )
     if transcode and where == "mlp":
         in_site, out_site = Site(layer, "mlp_in"), Site(layer, "mlp_out")
         if hf_model is None:
@@ -193,7 +203,7 @@ def load_sparsify(
     elif transcode:
         raise ValueError(f"{source}: a transcoder on hookpoint {hookpoint!r} (not an MLP) cannot be mapped")
     else:
-        kind = "mlp_out" if where == "mlp" else "resid_post"
+        kind = "mlp_out" if where in ("mlp", "mlp_normed") else "resid_post"
         in_site = out_site = Site(layer, kind)
         if proc["center_writing_weights"]:
             raise ValueError(
