@@ -35,6 +35,9 @@ from tc_circuits.models.loading import load_model
 pytestmark = pytest.mark.filterwarnings("ignore:target .*has probability")
 
 FAMS = ("pythia", "llama3", "gemma2", "gemma3")
+LAYERNORM = ("pythia", "gptj")  # parallel LayerNorm blocks, centred by TransformerLens
+#: every family without a post-MLP norm: sparsify's MLP hookpoint maps onto our sites
+SPARSIFY_FAMS = [n for n in FAMILY_NAMES if not n.startswith("gemma")]
 L = 1
 P = 10
 N = 48
@@ -44,12 +47,26 @@ TOL32 = 1e-5  # float32: HF vs TransformerLens forward differ at this level
 @pytest.fixture(scope="module")
 def fams(tmp_path_factory):
     root = tmp_path_factory.mktemp("fam_import")
-    out = {}
-    for name in FAMS:
-        hf, folder = build_folder(family(name), root)
-        out[name] = SimpleNamespace(name=name, hf=hf, folder=folder, sd=hf.state_dict(),
-                                    m32=load_model(folder), m64=load_model(folder, dtype="float64"))
-    return out
+
+    class Lazy(dict):  # each family is built and loaded the first time a test asks for it
+        def __missing__(self, name):
+            hf, folder = build_folder(family(name), root)
+            self[name] = SimpleNamespace(name=name, hf=hf, folder=folder, sd=hf.state_dict(),
+                                         m32=load_model(folder), m64=load_model(folder, dtype="float64"))
+            return self[name]
+
+    return Lazy()
+
+
+#: family -> (HF layer list, MLP-input norm module, its tensor prefix) of layer L
+def _hf_layout(name):
+    if name == "pythia":
+        return "gpt_neox.layers", "post_attention_layernorm"
+    if name == "gptj":  # parallel, one shared LayerNorm
+        return "transformer.h", "ln_1"
+    if name.startswith("gemma"):
+        return "model.layers", "pre_feedforward_layernorm"
+    return "model.layers", "post_attention_layernorm"
 
 
 def _tokens(seed=3):
@@ -67,10 +84,10 @@ def _r(gen, *shape, scale=1.0):
 # ----------------------------------------------------------------------------- activations
 def hf_sites(f, toks):
     """HF float32: the MLP module's input / output, the pre-MLP norm's input, the post-MLP norm's output."""
-    base = f.hf.gpt_neox if f.name == "pythia" else f.hf.model
-    layer = base.layers[L]
+    layers, norm_name = _hf_layout(f.name)
+    layer = f.hf.get_submodule(layers)[L]
     gemma = f.name.startswith("gemma")
-    norm = layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm
+    norm = getattr(layer, norm_name)
     cache = {}
     hooks = [
         layer.mlp.register_forward_hook(lambda m, i, o: cache.update(mlp_in=i[0][0], mlp_out=o[0])),
@@ -99,19 +116,18 @@ def tl_sites(model, toks):
 def norm_affine(f):
     """(gain, bias) of layer L's MLP-input norm, from the HF weights, in float64."""
     sd = f.sd
-    if f.name == "pythia":
-        key = f"gpt_neox.layers.{L}.post_attention_layernorm"
-        return sd[key + ".weight"].double(), sd[key + ".bias"].double()
+    layers, norm_name = _hf_layout(f.name)
+    key = f"{layers}.{L}.{norm_name}"
     if f.name.startswith("gemma"):
         # HF's Gemma RMSNorm: output * (1.0 + weight.float()), the gain in float32
-        return (1.0 + sd[f"model.layers.{L}.pre_feedforward_layernorm.weight"].float()).double(), None
-    return sd[f"model.layers.{L}.post_attention_layernorm.weight"].double(), None
+        return (1.0 + sd[key + ".weight"].float()).double(), None
+    return sd[key + ".weight"].double(), (sd[key + ".bias"].double() if key + ".bias" in sd else None)
 
 
 def normalised(f, r):
     """The norm's ``n(x)`` by hand (LayerNorm for Pythia, RMSNorm otherwise)."""
     eps = f.m64.cfg.eps
-    if f.name == "pythia":
+    if f.name in LAYERNORM:
         r = r - r.mean(-1, keepdim=True)
     return r / torch.sqrt(r.pow(2).mean(-1, keepdim=True) + eps)
 
@@ -119,7 +135,7 @@ def normalised(f, r):
 def source_input_64(f, toks, with_gain=True):
     """The format's input by hand in float64, from TL's residual (Pythia's MLP reads the block input)."""
     tl = tl_sites(f.m64, toks)
-    r = tl["hook_resid_pre"] if f.name == "pythia" else tl["hook_resid_mid"]
+    r = tl["hook_resid_pre"] if f.name in LAYERNORM else tl["hook_resid_mid"]  # both parallel
     n = normalised(f, r.double())
     if not with_gain:
         return n
@@ -129,7 +145,7 @@ def source_input_64(f, toks, with_gain=True):
 
 def to_tl_output(f, y):
     """The format's (HF) MLP output as TL's hook_mlp_out: centred for the LayerNorm (Pythia) model."""
-    return y - y.mean(-1, keepdim=True) if f.name == "pythia" else y
+    return y - y.mean(-1, keepdim=True) if f.name in LAYERNORM else y
 
 
 # ----------------------------------------------------------------------------- reference forwards
@@ -204,7 +220,7 @@ def _check(ours, ref_lat, ref_out, f, *, tol):
 
 
 # ----------------------------------------------------------------------------- sites themselves
-@pytest.mark.parametrize("name", FAMS)
+@pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_our_sites_are_the_formats_sites(fams, name):
     """TL's ln2.hook_normalized * gain (+ bias) is HF's MLP input; TL's hook_mlp_out is HF's MLP
     output (Pythia: centred) or, on Gemma, the post_feedforward_layernorm output."""
@@ -218,10 +234,10 @@ def test_our_sites_are_the_formats_sites(fams, name):
 
 
 # ----------------------------------------------------------------------------- sparsify
-@pytest.mark.parametrize("name", ["pythia", "llama3"])
+@pytest.mark.parametrize("name", SPARSIFY_FAMS)
 def test_sparsify_on_hf_mlp_module(fams, name, tmp_path):
     f, toks = fams[name], _tokens()
-    hookpoint = f"layers.{L}.mlp"
+    hookpoint = f"h.{L}.mlp" if name == "gptj" else f"layers.{L}.mlp"
     # float32 against the HF model's own MLP input
     folder, t = write_sparsify(tmp_path / "f32", f, torch.float32, hookpoint)
     tc = load_sparsify(folder, hf_model=f.folder, model=f.m32)

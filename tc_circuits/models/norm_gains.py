@@ -175,6 +175,10 @@ def _family_from_keys(keys: list[str]) -> str | None:
         return "gemma"  # Gemma-2 or Gemma-3: the same norm layout
     if "gpt_neox." in joined:
         return "gpt_neox"
+    if ".mlp.fc_in." in joined:  # GPT-J's MLP (GPT-2's is c_fc): its MLP reads the shared ln_1
+        return "gptj"
+    if ".mlp.c_fc." in joined:
+        return "gpt2"
     return None
 
 
