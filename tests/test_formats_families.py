@@ -464,7 +464,7 @@ def test_bad_inputs_name_the_field_or_site(fams, tmp_path):
         d, model_name="gemma-2-2b", hook_name=f"blocks.{L}.ln2.hook_normalized", hook_name_out=f"blocks.{L}.hook_mlp_out"))
     with pytest.raises(ValueError, match=r"model_name 'gemma-2-2b' is a gemma2 checkpoint.*'llama3' \(LlamaForCausalLM\) is llama"):
         load_saelens(root, model=llama.m32)
-    with pytest.raises(ValueError, match="GemmaScope .*gemma2 checkpoint.*llama"):
+    with pytest.raises(ValueError, match="layout 'GemmaScope .*params.npz' is a gemma2 checkpoint.*llama"):
         load_gemmascope(write_gemmascope(tmp_path / "gs", L, t), model=llama.m32)
     # weights of another family passed as hf_model
     folder, _ = write_sparsify(tmp_path / "sp", llama, torch.float32, f"layers.{L}.mlp")

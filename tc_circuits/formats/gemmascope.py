@@ -168,9 +168,11 @@ def load_gemmascope(
         if meta.get("architecture", "jump_relu") != "jump_relu":
             raise ValueError(f"{cfg_file}: architecture {meta['architecture']!r} is not a JumpReLU transcoder")
     declared = meta.get("model_name") or model_name
+    # without a model name the layout says it: params.npz is GemmaScope (Gemma-2), else GemmaScope 2
+    layout = "GemmaScope (Gemma-2) params.npz" if file.suffix == ".npz" else "GemmaScope 2 params.safetensors"
     family = family_of_name(declared) or ("gemma2" if file.suffix == ".npz" else "gemma3")
-    check_family(source, "model_name" if meta.get("model_name") else "GemmaScope layout", declared or
-                 ("GemmaScope (Gemma-2) params.npz" if file.suffix == ".npz" else "GemmaScope 2"), family, model)
+    field = "model_name" if declared else "layout"
+    check_family(source, field, declared or layout, family, model)
     if hf_model is not None:
         ws = WeightSource(hf_model, name=f"{source}: hf_model")
         check_family(source, "hf_model", ws.name, ws.family, model)
