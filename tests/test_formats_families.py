@@ -373,6 +373,9 @@ def test_circuit_tracer_sets_per_family_and_graph_is_exact(fams, tmp_path, name,
         back = load_circuit_tracer(out, hf_model=f.folder, model=f.m64)
         for key, v in tcs[L].state_dict().items():
             torch.testing.assert_close(back[L].state_dict()[key], v, atol=1e-12, rtol=1e-12)
+        renamed = {k: type(tc)(tc.cfg.replace(model_name="my-model")) for k, tc in tcs.items()}
+        out = save_circuit_tracer(renamed, tmp_path / "export2", model=f.m64)  # the family from the model
+        assert yaml.safe_load((out / "config.yaml").read_text())["feature_output_hook"] == out_hook
     target = logit_target(5, VOCAB)
     graph = attribute(f.m64, tcs, toks, targets=[target], progress=False, batch_size=16)
     assert graph.metadata["exactness_max_abs_dev"] < 1e-9

@@ -69,7 +69,7 @@ from tc_circuits.formats._common import (
 )
 from tc_circuits.formats.family_sites import check_family, check_width, family_of_name, output_site, tl_hook
 from tc_circuits.formats.retarget import retarget
-from tc_circuits.models.norm_gains import WeightSource, has_post_mlp_norm
+from tc_circuits.models.norm_gains import WeightSource, has_post_mlp_norm, module_family
 from tc_circuits.models.sites import Site
 
 CONFIG_FILE = "config.yaml"
@@ -348,8 +348,13 @@ def save_circuit_tracer(
     scan: str | None = None,
     hf_model: Any = None,
     allow_topk: bool | None = None,
+    model: Any = None,
 ) -> Path:
     """Write ``transcoders`` as a circuit-tracer transcoder set (layers 0..L-1, one per layer).
+
+    The MLP output is written as circuit-tracer's ``mlp.hook_out``, except for a family with a
+    post-MLP norm (Gemma: told by ``hf_model``'s or ``model``'s family, or the model name),
+    where that hook is before the norm and ``hook_mlp_out`` (after it, as ours) is written.
 
     Args:
         transcoders: one transcoder per layer, all reading the same relative site.
@@ -362,6 +367,7 @@ def save_circuit_tracer(
         allow_topk: write TopK sets (``activation: topk`` + ``k``). Default: only when the
             installed circuit-tracer reads them; releases without TopK support (PyPI 0.5.0)
             would silently read ReLU, so without one installed TopK is refused unless ``True``.
+        model: the (processed) model the transcoders are for; only its family is read.
     """
     layers = sorted(transcoders)
     if not layers or layers != list(range(len(layers))):
@@ -387,8 +393,10 @@ def save_circuit_tracer(
     in_rel = "mlp.hook_in" if unfold else _relative(first.in_site)
     # circuit-tracer's mlp.hook_out is the MLP's own output: on a post-MLP-norm family (Gemma)
     # that is before the norm, so those sets name hook_mlp_out (after it, as ours)
-    post_norm = has_post_mlp_norm(WeightSource(hf_model).family if hf_model is not None else None) or \
-        has_post_mlp_norm(family_of_name(first.model_name))
+    post_norm = any(has_post_mlp_norm(fam) for fam in (
+        WeightSource(hf_model).family if hf_model is not None else None,
+        module_family(model) if model is not None else None,
+        family_of_name(first.model_name)))
     out_rel = ("hook_mlp_out" if post_norm else "mlp.hook_out") if first.out_site.kind == "mlp_out" \
         else _relative(first.out_site)
     root = Path(path)
