@@ -48,6 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    import tc_circuits.attribution.adjoint_kernels as kz
     import tc_circuits.attribution.linearise as lz
     from bench_attribution import GPT2, build
     from tc_circuits.attribution import Target, attribute
@@ -70,7 +71,7 @@ def main() -> None:
     run()  # warm-up (first-call costs are not what this measures)
     d = model.cfg.d_model
     count = {"done": 0.0, "dense": 0.0, "vjp_cpu": 0.0}
-    rows_mm, attn, vjp = lz._rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp
+    rows_mm, attn, vjp = kz.rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp
 
     def rows_matmul(x, W, live):
         count["done"] += 2 * (x.shape[0] if live is None else live.numel()) * W.shape[0] * W.shape[1]
@@ -96,11 +97,11 @@ def main() -> None:
             c0 = time.process_time()
         count["vjp_cpu"] += time.process_time() - c0
 
-    lz._rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp = rows_matmul, attn_adjoint, timed_vjp
+    kz.rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp = rows_matmul, attn_adjoint, timed_vjp
     c0 = time.process_time()
     g = run()
     total = time.process_time() - c0
-    lz._rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp = rows_mm, attn, vjp
+    kz.rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp = rows_mm, attn, vjp
     rate = matmul_rate()
     floor = count["done"] / rate
     load = os.getloadavg()

@@ -43,91 +43,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tc_circuits.attribution import adjoint_kernels as kernels
 from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
 from tc_circuits.models.block_plan import NormPlan, block_plan
 from tc_circuits.models.block_plan import check_supported as check_supported
 from tc_circuits.models.sites import Site, global_hook
-
-
-#: Key-block size of :func:`_causal_transpose_matmul`; prompts up to twice this use one matmul.
-_CAUSAL_BLOCK = 256
-
-#: Skip the structurally zero (row, position) pairs in the transposed pass's ``d x d`` matmuls
-#: (False: dense matmuls over the whole ``[B, P]`` block; the reference, for tests/benchmarks).
-_SKIP_ZERO_ROWS = True
-
-#: Below this share of live (row, position) pairs the matmuls gather the live ones; above it the
-#: dense matmul is cheaper than the gather and scatter.
-_LIVE_DENSE_SHARE = 0.9
-
-
-def _live_rows(mask: Tensor) -> Tensor | None:
-    """Flat indices ``b * P + p`` of the (row, position) pairs in ``mask`` ``[B, P]``.
-
-    The transposed pass marks the pairs that can be non-zero: ``p <= positions[b]`` (a row's
-    gradient never reaches later positions: attention is causal, everything else acts per
-    position), the row injected at or above the layer, and only its own position while it has
-    not been through an attention layer. ``None`` means "use the dense matmul" (skipping is
-    off, or almost every pair is live).
-    """
-    if not _SKIP_ZERO_ROWS:
-        return None
-    m = mask.reshape(-1)
-    n = int(m.sum())
-    if n >= _LIVE_DENSE_SHARE * m.numel():
-        return None
-    return torch.nonzero(m).squeeze(1)
-
-
-def _attention_rows(
-    valid_pos: Tensor, positions: Tensor, reads: Tensor, single: Tensor
-) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
-    """How :meth:`LinearisedModel._attn_adjoint` treats each row: ``(live, single)``.
-
-    ``reads[b]``: the attention's input gradient can be non-zero for row ``b``. Rows whose
-    gradient sits at their own position only (``single``) take the rank-one path (their
-    ``(rows, positions)``); the others' live pairs are ``live`` (:func:`_live_rows`). When the
-    dense matmul is chosen (``live is None``) it covers every row and no row is single.
-    """
-    if not _SKIP_ZERO_ROWS:
-        return None, None
-    one = reads & single
-    live = _live_rows(valid_pos & (reads & ~one)[:, None])
-    if live is None or not bool(one.any()):
-        return _live_rows(valid_pos & reads[:, None]), None
-    rows = torch.nonzero(one).squeeze(1)
-    return live, (rows, positions[rows])
-
-
-def _rows_matmul(x: Float[Tensor, "n d"], W: Float[Tensor, "d e"], live: Tensor | None) -> Float[Tensor, "n e"]:
-    """``x @ W`` computing only the rows in ``live`` (the others are known zero); ``None``: dense."""
-    if live is None:
-        return x @ W
-    out = x.new_zeros(x.shape[0], W.shape[1])
-    if live.numel():
-        out.index_copy_(0, live, x.index_select(0, live) @ W)
-    return out
-
-
-def _causal_transpose_matmul(A: Float[Tensor, "h q k"], x: Float[Tensor, "h q n"]) -> Float[Tensor, "h k n"]:
-    """``A^T @ x`` for causal (lower-triangular) attention patterns, skipping the zero blocks.
-
-    ``A[:, q, k] = 0`` for ``k > q``, so the rows of key block ``[s, e)`` only need the queries
-    from ``s`` on: one ``A[:, s:, s:e]^T @ x[:, s:]`` per block (a strided view; no copy of
-    ``A``). With blocks of ``_CAUSAL_BLOCK`` keys this does ``(1/2 + block / 2P)`` of the dense
-    product's work. Equal to ``A.transpose(1, 2) @ x`` (``tests/test_fast_paths.py``).
-    """
-    P = A.shape[-1]
-    T = _CAUSAL_BLOCK
-    if P <= 2 * T:
-        return A.transpose(1, 2) @ x
-    out = torch.empty(A.shape[0], P, x.shape[-1], dtype=x.dtype, device=x.device)
-    for s in range(0, P, T):
-        e = min(P, s + T)
-        out[:, s:e] = A[:, s:, s:e].transpose(1, 2) @ x[:, s:]
-    return out
 
 
 class ActiveFeatures(NamedTuple):
@@ -445,9 +367,9 @@ class LinearisedModel:
             h = None  # gradient at mlp_in (skip path + rows injected here)
             if nonzero and tc is not None and tc.W_skip is not None:
                 above = layers > L  # rows injected above this layer
-                live_in = _live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
+                live_in = kernels.live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
                 W_skip_T = tc.W_skip.detach().T.to(g.dtype)
-                h = _rows_matmul(g.reshape(B * P, -1), W_skip_T, live_in).reshape(B, P, -1)
+                h = kernels.rows_matmul(g.reshape(B * P, -1), W_skip_T, live_in).reshape(B, P, -1)
             if bool(sel.any()):
                 if h is None:
                     h = torch.zeros_like(g)
@@ -459,7 +381,8 @@ class LinearisedModel:
             if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
                 reads = layers > L  # the attention reads g: rows injected here enter below it
                 t = g if post is None else post.adjoint(g)
-                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, *_attention_rows(valid_pos, positions, reads, single)), inplace=True)
+                split = kernels.attention_rows(valid_pos, positions, reads, single)
+                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, *split), inplace=True)
                 g_new.add_(g)
                 if h is not None:
                     g_new.add_(self.ln2[L].adjoint(h, affine=False, inplace=True))
@@ -471,7 +394,8 @@ class LinearisedModel:
             single = single | sel
             reads = layers >= L
             t = g if post is None else post.adjoint(g)
-            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, *_attention_rows(valid_pos, positions, reads, single)), inplace=True).add_(g)
+            split = kernels.attention_rows(valid_pos, positions, reads, single)
+            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, *split), inplace=True).add_(g)
             single = single & ~reads
         yield -1, g
 
@@ -481,7 +405,7 @@ class LinearisedModel:
         """Adjoint of the frozen attention (OV with cached patterns) as three plain matmuls.
 
         ``live``: flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero
-        (:func:`_live_rows`); the two ``d_model x d_model`` contractions skip the others, which
+        (:func:`live_rows`); the two ``d_model x d_model`` contractions skip the others, which
         are zero in ``g`` and in the result. ``single = (rows, positions)``: rows whose ``g`` is
         non-zero at that one position only (just injected); for them the result is
         ``sum_h A[h, p, k] (g[p] W_O[h]^T W_V[h]^T)`` at every key ``k``: two matmuls of one
@@ -499,14 +423,14 @@ class LinearisedModel:
         if live is None:
             gz = (g.reshape(B * P, d) @ W_O_T).reshape(B, P, H, dh)
             gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
-            gv = _causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
+            gv = kernels.causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
             return (gv @ W_V_T).reshape(B, P, d)
         out = g.new_zeros(B * P, d)
         if live.numel():
             b_idx, p_idx = live // P, live % P
             gz = g.new_zeros(H, P, B, dh)
             gz.permute(2, 1, 0, 3)[b_idx, p_idx] = (g.reshape(B * P, d)[live] @ W_O_T).reshape(-1, H, dh)
-            gv = _causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
+            gv = kernels.causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
             out[live] = gv[b_idx, p_idx].reshape(-1, H * dh) @ W_V_T
         out = out.reshape(B, P, d)
         if single is not None:
