@@ -296,6 +296,7 @@ def save_circuit_tracer(
     scan: str | None = None,
     hf_model: Any = None,
     allow_topk: bool | None = None,
+    model: Any = None,
 ) -> Path:
     """Write ``transcoders`` as a circuit-tracer transcoder set (layers 0..L-1, one per layer).
 
@@ -310,6 +311,10 @@ def save_circuit_tracer(
         allow_topk: write TopK sets (``activation: topk`` + ``k``). Default: only when the
             installed circuit-tracer reads them; releases without TopK support (PyPI 0.5.0)
             would silently read ReLU, so without one installed TopK is refused unless ``True``.
+        model: the model the transcoders are for (processed or not). Needed for models with a
+            post-MLP norm (Gemma 2/3): there circuit-tracer's ``mlp.hook_out`` lies *before*
+            that norm while our ``hook_mlp_out`` is after it, so the set names ``hook_mlp_out``
+            (as circuit-tracer's own GemmaScope sets do). Also read off ``hf_model``.
     """
     layers = sorted(transcoders)
     if not layers or layers != list(range(len(layers))):
@@ -333,7 +338,8 @@ def save_circuit_tracer(
             )
     unfold = hf_model is not None and first.in_site.kind == "mlp_in"
     in_rel = "mlp.hook_in" if unfold else _relative(first.in_site)
-    out_rel = "mlp.hook_out" if first.out_site.kind == "mlp_out" else _relative(first.out_site)
+    post_norm = _has_post_mlp_norm(model) or _has_post_mlp_norm(hf_model)
+    out_rel = "mlp.hook_out" if first.out_site.kind == "mlp_out" and not post_norm else _relative(first.out_site)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     files = []
@@ -386,6 +392,18 @@ def save_circuit_tracer(
     text = yaml.safe_dump(cfg, sort_keys=False)
     atomic_write(root / CONFIG_FILE, lambda p: Path(p).write_text(text))
     return root
+
+
+def _has_post_mlp_norm(model: Any) -> bool:
+    """Whether ``model`` (a HookedTransformer / bridge or a TransformerLens state dict) normalises
+    the MLP output before the residual stream (Gemma 2/3's ``ln2_post``)."""
+    if model is None:
+        return False
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "use_normalization_before_and_after"):
+        return bool(cfg.use_normalization_before_and_after)
+    sd = model.state_dict() if hasattr(model, "state_dict") else model
+    return any(".ln2_post." in str(key) or "post_feedforward_layernorm" in str(key) for key in sd)
 
 
 def default_scan(model_name: str) -> str:
