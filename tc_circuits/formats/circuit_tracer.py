@@ -339,6 +339,13 @@ def save_circuit_tracer(
     unfold = hf_model is not None and first.in_site.kind == "mlp_in"
     in_rel = "mlp.hook_in" if unfold else _relative(first.in_site)
     post_norm = _has_post_mlp_norm(model) or _has_post_mlp_norm(hf_model)
+    if (first.out_site.kind == "mlp_out" and model is None and hf_model is None
+            and "gemma" in str(first.model_name or "").lower()):
+        raise ValueError(
+            f"transcoders for {first.model_name!r} write hook_mlp_out: on a model with a post-MLP norm "
+            f"(Gemma 2/3) that is circuit-tracer's hook_mlp_out, on others its mlp.hook_out (before any "
+            f"post-norm); pass model= (the model they are for) so the right one is written"
+        )
     out_rel = "mlp.hook_out" if first.out_site.kind == "mlp_out" and not post_norm else _relative(first.out_site)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
