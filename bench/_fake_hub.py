@@ -93,8 +93,8 @@ def random_model(family: str, n_layers: int, *, vocab_size: int | None = None, s
 
 
 def word_tokenizer(vocab_size: int, bos_id: int, eos_id: int | None = None, pad_id: int | None = None):
-    """A word-level ``PreTrainedTokenizerFast`` over ``vocab_size`` tokens (``w{i}``; ``<bos>`` etc.
-    at the real ids), so every id of the model's vocabulary decodes and ``"w5 w7"`` encodes."""
+    """A word-level ``PreTrainedTokenizerFast``: words ``w{i}`` for ids below ``vocab_size`` and
+    ``<bos>`` / ``<eos>`` / ``<pad>`` at the given ids, so ``"w5 w7"`` encodes to ``[5, 7]``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -103,7 +103,8 @@ def word_tokenizer(vocab_size: int, bos_id: int, eos_id: int | None = None, pad_
         special[eos_id] = "<eos>"
     if pad_id is not None:
         special[pad_id] = "<pad>"
-    vocab = {special.get(i, f"w{i}"): i for i in range(vocab_size)}
+    vocab = {f"w{i}": i for i in range(vocab_size) if i not in special}
+    vocab.update({text: i for i, text in special.items()})  # special ids may lie past vocab_size
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<bos>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     kw = {"bos_token": "<bos>"}
@@ -114,9 +115,19 @@ def word_tokenizer(vocab_size: int, bos_id: int, eos_id: int | None = None, pad_
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
 
 
+#: transformers 4.57.3 asks the Hub (``huggingface_hub.model_info``, its Mistral-regex check) about
+#: any tokenizer of more than 100,000 tokens loaded by Hub name, and fails with
+#: ``OfflineModeIsEnabled`` under ``HF_HUB_OFFLINE=1``; so the fake tokenizer stops there (ids
+#: past it are valid model inputs, they just have no text).
+MAX_TOKENIZER_VOCAB = 100_000
+
+
 def tokenizer_for(model) -> Any:
     cfg = model.config
-    return word_tokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, getattr(cfg, "pad_token_id", None))
+    ids = [cfg.bos_token_id, cfg.eos_token_id, getattr(cfg, "pad_token_id", None)]
+    n = min(cfg.vocab_size, MAX_TOKENIZER_VOCAB)
+    n -= len({i for i in ids if i is not None and i >= n})  # room for specials past the words
+    return word_tokenizer(n, *ids)
 
 
 def load_tokenizer(folder: str | os.PathLike) -> Any:

@@ -32,16 +32,16 @@ VOCAB = 32768
 #: named presets for ``--cases`` (real dims, 2 layers; rows as the GPT-2 cases of issue 18)
 NAMED = {
     "gemma2-shape": [
-        dict(name="gemma2-shape", model="gemma2", n_layers=2, length=64, n_latents=16384, l0=64,
-             n_targets=10, max_feature_nodes=1024, batch=64, vocab_size=VOCAB),
-        dict(name="gemma2-shape", model="gemma2", n_layers=2, length=256, n_latents=16384, l0=64,
-             n_targets=10, max_feature_nodes=1024, batch=64, vocab_size=VOCAB),
+        dict(name="gemma2-shape (2 layers, 16k JumpReLU, L0 64, vocab 32k)", model="gemma2", n_layers=2,
+             length=n_tok, n_latents=16384, l0=64, n_targets=10, max_feature_nodes=1024, batch=64,
+             vocab_size=VOCAB)
+        for n_tok in (64, 256)
     ],
     "llama3-shape": [
-        dict(name="llama3-shape", model="llama3", n_layers=2, length=64, n_latents=32768, l0=32,
-             n_targets=10, max_feature_nodes=1024, batch=64, vocab_size=VOCAB),
-        dict(name="llama3-shape", model="llama3", n_layers=2, length=256, n_latents=32768, l0=32,
-             n_targets=10, max_feature_nodes=1024, batch=64, vocab_size=VOCAB),
+        dict(name="llama3-shape (2 layers, 32k JumpReLU skip, L0 32, vocab 32k)", model="llama3", n_layers=2,
+             length=n_tok, n_latents=32768, l0=32, n_targets=10, max_feature_nodes=1024, batch=64,
+             vocab_size=VOCAB)
+        for n_tok in (64, 256)
     ],
 }
 
@@ -68,7 +68,7 @@ def prepare(case: dict, workdir: Path) -> None:
     model = load_model(snap)
     gen = torch.Generator().manual_seed(1)
     bos = int(model.tokenizer.bos_token_id)
-    body = torch.randint(3, model.cfg.d_vocab, (case["length"] - 1,), generator=gen)
+    body = torch.randint(3, min(model.cfg.d_vocab, len(model.tokenizer)), (case["length"] - 1,), generator=gen)
     tokens = torch.cat([torch.tensor([bos]), body])
     n, l0 = case["n_latents"], case["l0"]
     tcs = {}
