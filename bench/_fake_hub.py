@@ -11,8 +11,8 @@ vocabulary 128,256) and reads only the weights from the Hub. Nothing can be down
 * :func:`real_config` is the real model's ``transformers`` config (from the model cards' values)
   with fewer layers; :func:`random_model` a random model of it (HF init, norm gains perturbed
   so that folding them is tested);
-* :func:`write_fake_hub` saves such a model and a word-level tokenizer of the full vocabulary in
-  the Hugging Face cache layout (``models--org--name/{refs/main, snapshots/<rev>/...}``);
+* :func:`write_fake_hub` saves such a model and a word-level tokenizer (up to 100,000 tokens,
+  see :data:`MAX_TOKENIZER_VOCAB`) in the Hugging Face cache layout (``models--org--name/{refs/main, snapshots/<rev>/...}``);
   with ``HF_HUB_CACHE`` pointing there and ``HF_HUB_OFFLINE=1`` (both read when
   ``huggingface_hub`` is imported: set them before, e.g. in a subprocess's environment, see
   :func:`offline_env`) the plain circuit-tracer call loads it, with TransformerLens'
@@ -24,7 +24,8 @@ vocabulary 128,256) and reads only the weights from the Hub. Nothing can be down
 
 TransformerLens keeps the official architecture whatever the weights, so the dimensions must
 be the real ones; only the number of layers (``first_n_layers``) and, with ``hf_model=``, the
-vocabulary may shrink.
+vocabulary may shrink. ``python bench/_fake_hub.py gemma2`` checks the plain route on a
+real-vocabulary snapshot (about 13 GB peak RSS for circuit-tracer's process with 1 layer).
 """
 
 from __future__ import annotations
@@ -164,3 +165,47 @@ def offline_env(cache: str | os.PathLike) -> dict[str, str]:
     """Environment variables for a *fresh* process that reads the fake cache and nothing else."""
     return {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1"}
+
+
+def _check_plain_route(family: str, n_layers: int) -> None:
+    """Write a real-vocabulary snapshot and load it with the plain circuit-tracer call in a fresh
+    offline process (peers venv); prints the log-prob difference to the HF model."""
+    import subprocess
+    import sys
+    import tempfile
+
+    script = f"""
+import torch, resource
+from circuit_tracer import ReplacementModel
+from circuit_tracer.transcoder import TranscoderSet
+from circuit_tracer.transcoder.activation_functions import JumpReLU
+from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder
+from transformers import AutoModelForCausalLM
+name, d, n = {official_name(family)!r}, {REAL[family][2]["hidden_size"]}, {n_layers}
+cpu = torch.device("cpu")
+tcs = {{i: SingleLayerTranscoder(d, 64, JumpReLU(torch.zeros(64), 0.1), i, skip_connection=False,
+                               device=cpu, dtype=torch.float32) for i in range(n)}}
+tset = TranscoderSet(tcs, feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out", scan="x")
+m = ReplacementModel.from_pretrained_and_transcoders(name, tset, device=cpu, dtype=torch.float32, first_n_layers=n)
+ids = m.ensure_tokenized("w5 w9 w22 w7")
+hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+with torch.no_grad():
+    diff = (m(ids[None])[0].log_softmax(-1) - hf(ids[None]).logits[0].log_softmax(-1)).abs().max()
+print("circuit-tracer loaded", name, "d_vocab", m.cfg.d_vocab, "n_layers", m.cfg.n_layers, "tokens", ids.tolist(),
+      "max |log-prob diff| vs HF", float(diff), "peak RSS GB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+"""
+    with tempfile.TemporaryDirectory() as cache:
+        write_fake_hub(cache, family, n_layers)
+        env = dict(os.environ, **offline_env(cache))
+        peers = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
+        subprocess.run([str(peers if peers.exists() else sys.executable), "-c", script], env=env, check=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="check: circuit-tracer loads a fake offline snapshot by official name")
+    ap.add_argument("family", choices=sorted(REAL))
+    ap.add_argument("--layers", type=int, default=1)
+    args = ap.parse_args()
+    _check_plain_route(args.family, args.layers)

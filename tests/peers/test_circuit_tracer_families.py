@@ -133,8 +133,9 @@ def test_official_name_real_dims_graph_agrees_with_circuit_tracer(name, tmp_path
 
     hf = _fake_hub.random_model(name, 2, vocab_size=512)
     snap = _fake_hub.write_fake_hub(tmp_path / "hub", name, 2, model=hf)
-    model = load_model(snap)  # ours: our HF-config converter, processed
+    model = load_model(_fake_hub.official_name(name), local_dir=snap)  # ours: our HF-config converter, processed
     assert (model.cfg.d_model, model.cfg.d_mlp) == (hf.config.hidden_size, hf.config.intermediate_size)
+    assert model.cfg.model_name == _fake_hub.official_name(name).split("/")[-1]
     tcs = random_jumprelu_set(model, KIND[name], n_latents=64)
     save_circuit_tracer(tcs, tmp_path / "ct", model=model)
     monkeypatch.chdir("/")
