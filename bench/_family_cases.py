@@ -65,7 +65,7 @@ def prepare(case: dict, workdir: Path) -> None:
 
     fam, n_layers = case["model"], case["n_layers"]
     snap = _fake_hub.write_fake_hub(workdir / "hub", fam, n_layers, seed=0, vocab_size=case.get("vocab_size"))
-    model = load_model(snap)
+    model = load_model(_fake_hub.official_name(fam), local_dir=snap)
     gen = torch.Generator().manual_seed(1)
     bos = int(model.tokenizer.bos_token_id)
     body = torch.randint(3, min(model.cfg.d_vocab, len(model.tokenizer)), (case["length"] - 1,), generator=gen)
@@ -100,7 +100,7 @@ def load_ours(workdir: Path):
     from tc_circuits.models.model_info import weight_processing
 
     meta = json.loads((Path(workdir) / MARKER).read_text())
-    model = load_model(meta["snapshot"])
+    model = load_model(_fake_hub.official_name(meta["family"]), local_dir=meta["snapshot"])
     return model, load_circuit_tracer(Path(workdir) / "tcs", processing=weight_processing(model))
 
 

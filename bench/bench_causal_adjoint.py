@@ -1,7 +1,7 @@
 """Lever check: the attention adjoint with causal (triangular) key blocks vs one dense product.
 
 ``LinearisedModel._attn_adjoint`` multiplies by ``pattern^T``; causal patterns are lower
-triangular, so ``_causal_transpose_matmul`` skips the zero blocks (``_CAUSAL_BLOCK`` keys per
+triangular, so ``causal_transpose_matmul`` skips the zero blocks (``_CAUSAL_BLOCK`` keys per
 block). This times (a) the adjoint alone and (b) whole graphs with the blocked path vs the dense
 product (``_CAUSAL_BLOCK`` set above the prompt length), same process, alternating, on the
 GPT-2-shaped random model of ``bench_attribution.py`` with 4 layers (12 for the adjoint).
@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import tc_circuits.attribution.adjoint_kernels as kz  # noqa: E402
 import tc_circuits.attribution.linearise as lz  # noqa: E402
 from bench_attribution import GPT2, build  # noqa: E402
 from tc_circuits.attribution import attribute  # noqa: E402
 
-BLOCK = lz._CAUSAL_BLOCK
+BLOCK = kz._CAUSAL_BLOCK
 
 
 def timed(fn, block: int, repeats: int) -> float:
-    lz._CAUSAL_BLOCK = block
+    kz._CAUSAL_BLOCK = block
     try:
         best = float("inf")
         for _ in range(repeats):
@@ -38,7 +39,7 @@ def timed(fn, block: int, repeats: int) -> float:
             best = min(best, time.perf_counter() - t0)
         return best
     finally:
-        lz._CAUSAL_BLOCK = BLOCK
+        kz._CAUSAL_BLOCK = BLOCK
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def prepare(case: dict, workdir: Path) -> None:
     else:
         from bench_attribution import GPT2, build
 
-        spec = dict(GPT2, n_layers=case.get("n_layers", 12))
+        spec = dict(GPT2, n_layers=case.get("n_layers", 12), n_latents=case.get("n_latents", GPT2["n_latents"]))
         model, tcs, tokens = build(spec, case["length"], case["k"], "cpu")
         tokens[0] = 0  # a "special" first token for circuit-tracer's BOS convention
     with torch.no_grad():
@@ -84,17 +84,20 @@ def _cfg(workdir: Path):
 
 # ----------------------------------------------------------------------------- one side
 def _timed(run, job: dict):
-    """``(graph, first call s, best warm call s or None)``: the first call in this fresh process,
-    then ``job["warm"]`` more calls (same model, same inputs), as in a notebook session."""
-    t0 = time.perf_counter()
+    """``(graph, first call s, best warm call s or None, cpu s of the first call, best warm cpu s)``:
+    the first call in this fresh process, then ``job["warm"]`` more calls (same model, same
+    inputs), as in a notebook session. CPU seconds (``time.process_time``) are what the side's
+    threads spent, which a loaded machine inflates less than the wall time."""
+    t0, c0 = time.perf_counter(), time.process_time()
     g = run()
-    dt = time.perf_counter() - t0
-    warm = None
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    warm = warm_cpu = None
     for _ in range(job.get("warm", 0)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run()
         warm = min(warm or 1e30, time.perf_counter() - t0)
-    return g, dt, warm
+        warm_cpu = min(warm_cpu or 1e30, time.process_time() - c0)
+    return g, dt, warm, dc, warm_cpu
 
 
 def run_ours(workdir: Path, job: dict) -> dict:
@@ -126,8 +129,9 @@ def run_ours(workdir: Path, job: dict) -> dict:
                          batch_size=job["batch"], progress=False, check_exactness=False)
 
     base = peak_rss_mb()
-    g, dt, warm = _timed(run, job)
-    out = {"seconds": dt, "seconds_warm": warm, "peak_rss_mb": peak_rss_mb(),
+    g, dt, warm, dc, warm_cpu = _timed(run, job)
+    out = {"seconds": dt, "seconds_warm": warm, "cpu_seconds": dc, "cpu_seconds_warm": warm_cpu,
+           "peak_rss_mb": peak_rss_mb(),
            "rss_growth_mb": peak_rss_mb() - base,
            "edges": g.n_edges, "active": g.metadata["n_active_features"],
            "expanded": int(g.nodes.expanded[g.indices_of("feature")].sum())}
@@ -153,9 +157,10 @@ def run_ct(workdir: Path, job: dict) -> dict:
                          max_feature_nodes=job["max_feature_nodes"], batch_size=job["batch"], verbose=False)
 
     base = peak_rss_mb()
-    g, dt, warm = _timed(run, job)
+    g, dt, warm, dc, warm_cpu = _timed(run, job)
     A = g.adjacency_matrix
-    out = {"seconds": dt, "seconds_warm": warm, "peak_rss_mb": peak_rss_mb(),
+    out = {"seconds": dt, "seconds_warm": warm, "cpu_seconds": dc, "cpu_seconds_warm": warm_cpu,
+           "peak_rss_mb": peak_rss_mb(),
            "rss_growth_mb": peak_rss_mb() - base,
            "edges": int((A != 0).sum()), "active": int(g.active_features.shape[0]),
            "expanded": int(g.selected_features.shape[0])}
@@ -351,6 +356,11 @@ def main() -> None:
                     if r.get("seconds_warm") is not None and "error" not in best[which]:
                         prev = best[which].get("best_warm")
                         best[which]["best_warm"] = min(prev or 1e30, r["seconds_warm"])
+                        prev = best[which].get("best_warm_cpu")
+                        best[which]["best_warm_cpu"] = min(prev or 1e30, r["cpu_seconds_warm"])
+                    if "error" not in r and "error" not in best[which]:
+                        prev = best[which].get("best_cpu")
+                        best[which]["best_cpu"] = min(prev or 1e30, r["cpu_seconds"])
             cmp = {}
             if all("error" not in best[w] for w in best):
                 print(side(OURS_PY, "ours", wd, {**job, "warm": 0, "dump": str(wd / "o.pt")}, args.threads, args.mem_gib))
@@ -370,8 +380,9 @@ def write(rows: list[dict], args) -> None:
     lines = [
         "| model | tokens | targets | feature rows (ours / ct) | active feats (ours / ct) | ours, first call (s) | "
         "circuit-tracer, first call (s) | speed-up | ours, warm (s) | circuit-tracer, warm (s) | warm speed-up | "
+        "CPU s, first call (ours / ct) | CPU speed-up | CPU s, warm (ours / ct) | CPU warm speed-up | "
         "ours peak RSS (MB) | ct peak RSS (MB) | edges (ours / ct non-zero) | edge agreement: max abs diff / max abs edge |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 19,
     ]
     for r in rows:
         c, o, t, m = r["case"], r["ours"], r["ct"], r["cmp"]
@@ -380,10 +391,14 @@ def write(rows: list[dict], args) -> None:
         wo, wt = o.get("best_warm"), t.get("best_warm")
         wsp = f"{wt / wo:.2f}x" if ok and wo and wt else "-"
         agree = f"{m['max_abs_diff']:.1e} / {m['max_abs_edge']:.1e} ({m['edges_compared']:,} edges)" if m else "-"
+        co, ct_ = o.get("best_cpu"), t.get("best_cpu")
+        cwo, cwt = o.get("best_warm_cpu"), t.get("best_warm_cpu")
+        cpu = (f"{co:.2f} / {ct_:.2f} | {ct_ / co:.2f}x" if ok and co and ct_ else "- | -") + " | " + (
+            f"{cwo:.2f} / {cwt:.2f} | {cwt / cwo:.2f}x" if ok and cwo and cwt else "- | -")
         lines.append(
             f"| {c['name']} | {c['length']} | {c['n_targets']} | {o.get('expanded', '-')} / {t.get('expanded', '-')} | "
             f"{o.get('active', '-')} / {t.get('active', '-')} | {_fmt(o, 'seconds', '.2f')} | {_fmt(t, 'seconds', '.2f')} | {sp} | "
-            f"{wo and format(wo, '.2f') or '-'} | {wt and format(wt, '.2f') or '-'} | {wsp} | "
+            f"{wo and format(wo, '.2f') or '-'} | {wt and format(wt, '.2f') or '-'} | {wsp} | {cpu} | "
             f"{_fmt(o, 'peak_rss_mb', '.0f')} | {_fmt(t, 'peak_rss_mb', '.0f')} | {o.get('edges', 0):,} / {t.get('edges', 0):,} | {agree} |"
         )
         for w, x in (("ours", o), ("circuit-tracer", t)):
@@ -395,7 +410,8 @@ def write(rows: list[dict], args) -> None:
         "# Attribution: tc_circuits vs circuit-tracer\n\n"
         f"Machine: {platform.machine()}, CPU, torch threads {args.threads} per side, load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores (timings are upper bounds; the "
-        f"ratio is what counts). Best of {args.repeats} fresh subprocesses per side, interleaved; "
+        f"ratio is what counts; on a loaded machine the CPU seconds, `time.process_time` of each side, are the "
+        f"fairer ratio). Best of {args.repeats} fresh subprocesses per side, interleaved; "
         f"*first call*: the first graph in a fresh process (imports and model loading not timed); *warm*: the best "
         f"of {args.warm} further calls in the same process, as in a notebook session; "
         f"address space capped at {args.mem_gib:g} GiB per side. Generated by `python bench/bench_vs_circuit_tracer.py`.\n\n"

@@ -860,3 +860,22 @@ def test_hostile_strings_are_escaped_in_the_html_page(tmp_path, tiny):
     hovers = [json.loads(f'"{h}"') for s in scripts for h in re.findall(r'"hover":"((?:[^"\\]|\\.)*)"', s)]
     assert hovers and not any("<img" in h or "<script" in h for h in hovers)
     assert any("&lt;img" in h or "&lt;script" in h for h in hovers)  # the token strings are there, escaped
+
+
+def test_check_finite_fast_sum_never_hides_or_invents_a_bad_value():
+    """The finiteness scan reads a sum first: an overflowing sum of finite values passes (the
+    elementwise check decides), a single NaN / inf anywhere is still found and counted."""
+    from tc_circuits.validate import check_finite
+
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum overflows to inf
+    check_finite({"big": big}, "t")
+    check_finite({"half": torch.full((8,), 60000.0, dtype=torch.float16)}, "t")
+    for bad, what in ((float("nan"), "1 NaN and 0 infinite"), (float("inf"), "0 NaN and 1 infinite")):
+        t = torch.randn(1000, 7)
+        t[512, 3] = bad
+        with pytest.raises(NonFiniteError, match=what):
+            check_finite({"W": t}, "t")
+    t = torch.randn(10)
+    t[2], t[5] = float("inf"), float("-inf")  # inf + -inf: the sum is NaN, still caught
+    with pytest.raises(NonFiniteError, match="0 NaN and 2 infinite"):
+        check_finite({"W": t}, "t")

@@ -146,20 +146,21 @@ def test_training_step_fast_equals_reference(monkeypatch, dead_every):
 
 @pytest.mark.parametrize("P, block", [(8, 2), (7, 3), (5, 256)])
 def test_causal_transpose_matmul_equals_dense(monkeypatch, P, block):
-    import tc_circuits.attribution.linearise as lz
+    import tc_circuits.attribution.adjoint_kernels as kz
 
-    monkeypatch.setattr(lz, "_CAUSAL_BLOCK", block)
+    monkeypatch.setattr(kz, "_CAUSAL_BLOCK", block)
     gen = torch.Generator().manual_seed(P)
     A = torch.rand(3, P, P, dtype=torch.float64, generator=gen).tril()  # causal patterns
     x = torch.randn(3, P, 4, dtype=torch.float64, generator=gen)
-    torch.testing.assert_close(lz._causal_transpose_matmul(A, x), A.transpose(1, 2) @ x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kz.causal_transpose_matmul(A, x), A.transpose(1, 2) @ x, rtol=1e-12, atol=1e-12)
 
 
 def test_attention_adjoint_blocked_equals_reference(monkeypatch):
     """The blocked causal path inside the transposed pass (small block so 8 tokens use it)."""
+    import tc_circuits.attribution.adjoint_kernels as kz
     import tc_circuits.attribution.linearise as lz
 
-    monkeypatch.setattr(lz, "_CAUSAL_BLOCK", 2)
+    monkeypatch.setattr(kz, "_CAUSAL_BLOCK", 2)
     model = make_model64()
     tcs = make_transcoders(model, layers=[0, 1])
     tokens = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(3))
@@ -170,13 +171,14 @@ def test_attention_adjoint_blocked_equals_reference(monkeypatch):
 
 
 def test_attribute_with_blocked_adjoint_equals_dense(monkeypatch):
+    import tc_circuits.attribution.adjoint_kernels as kz
     import tc_circuits.attribution.linearise as lz
 
     model = make_model64()
     tcs = make_transcoders(model)
     tokens = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(5))
     dense = attribute(model, tcs, tokens, progress=False)
-    monkeypatch.setattr(lz, "_CAUSAL_BLOCK", 2)
+    monkeypatch.setattr(kz, "_CAUSAL_BLOCK", 2)
     blocked = attribute(model, tcs, tokens, progress=False)
     assert torch.equal(dense.edge_target, blocked.edge_target)
     assert torch.equal(dense.edge_source, blocked.edge_source)
@@ -201,3 +203,48 @@ def test_vjp_never_mutates_a_yielded_gradient():
     assert [L for L, _, _ in seen] == [2, 1, 0, -1]
     for _, g, snapshot in seen:
         assert torch.equal(g, snapshot)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_vjp_skipping_zero_rows_equals_dense(monkeypatch, parallel):
+    """The transposed pass's matmuls over live (row, position) pairs only equal the dense ones:
+    every yielded gradient, for rows at mixed layers and positions (some rows injected low, so
+    most pairs are dead at the top)."""
+    import tc_circuits.attribution.adjoint_kernels as kz
+    import tc_circuits.attribution.linearise as lz
+
+    monkeypatch.setattr(kz, "_LIVE_DENSE_SHARE", 1.01)  # always gather, however many pairs are live
+    model = make_model64(n_layers=3)
+    model.cfg.parallel_attn_mlp = parallel  # the blocks share this cfg: a Pythia-style parallel block
+    tcs = make_transcoders(model)
+    tokens = torch.randint(0, 50, (9,), generator=torch.Generator().manual_seed(8))
+    lin = lz.LinearisedModel(model, tcs, tokens)
+    gen = torch.Generator().manual_seed(9)
+    layers = torch.tensor([3, 2, 0, 1, 2, 0])
+    positions = torch.tensor([8, 3, 6, 0, 7, 2])
+    vectors = torch.randn(6, model.cfg.d_model, dtype=torch.float64, generator=gen)
+    res = {}
+    for skip in (True, False):
+        monkeypatch.setattr(kz, "_SKIP_ZERO_ROWS", skip)
+        res[skip] = [(L, g.clone()) for L, g in lin.vjp(layers, positions, vectors)]
+    assert [L for L, _ in res[True]] == [L for L, _ in res[False]]
+    for (_, a), (_, b) in zip(res[True], res[False]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_attribute_skipping_zero_rows_equals_dense(monkeypatch):
+    import tc_circuits.attribution.adjoint_kernels as kz
+    import tc_circuits.attribution.linearise as lz
+
+    model = make_model64(n_layers=3)
+    tcs = make_transcoders(model)
+    tokens = torch.randint(0, 50, (10,), generator=torch.Generator().manual_seed(10))
+    monkeypatch.setattr(kz, "_LIVE_DENSE_SHARE", 1.01)
+    fast = attribute(model, tcs, tokens, batch_size=7, progress=False)
+    monkeypatch.setattr(kz, "_SKIP_ZERO_ROWS", False)
+    dense = attribute(model, tcs, tokens, batch_size=7, progress=False)
+    a, b = _dense(fast), _dense(dense)
+    assert set(a) == set(b)
+    keys = sorted(a)
+    torch.testing.assert_close(torch.tensor([a[k] for k in keys], dtype=torch.float64),
+                               torch.tensor([b[k] for k in keys], dtype=torch.float64), rtol=1e-10, atol=1e-12)

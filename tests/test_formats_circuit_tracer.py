@@ -225,6 +225,8 @@ def test_layernorm_sources():
     assert torch.equal(got_w, w) and torch.equal(got_b, torch.zeros(D))
     got_w, got_b = ln2_gain_bias({"transformer.h.0.ln_2.weight": w, "transformer.h.0.ln_2.bias": w + 1}, 0)
     assert torch.equal(got_b, w + 1)
-    with pytest.raises(ValueError, match="Gemma"):
-        ln2_gain_bias({"model.layers.0.pre_feedforward_layernorm.weight": w,
-                       "model.layers.0.post_attention_layernorm.weight": w}, 0)
+    # a Hugging Face Gemma state dict stores the gain minus one; its post_attention_layernorm is the
+    # attention post-norm, not the MLP's input norm
+    got_w, got_b = ln2_gain_bias({"model.layers.0.pre_feedforward_layernorm.weight": w,
+                                  "model.layers.0.post_attention_layernorm.weight": w * 3}, 0)
+    assert torch.equal(got_w, w + 1) and torch.equal(got_b, torch.zeros(D))

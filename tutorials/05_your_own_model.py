@@ -102,11 +102,14 @@ for name, model in models.items():
 #   tc-circuits train --model EleutherAI/pythia-160m --kind skip_transcoder \
 #       --n-latents 32768 --k 32 --total-tokens 100000000 --out-dir out/pythia160m
 # GemmaScope's Gemma-2-2B transcoders read ln2.hook_normalized and write hook_mlp_out (after the
-# post-MLP norm): the sites above. Import a downloaded circuit-tracer-layout set instead of training:
-#   from tc_circuits.formats import load_any
-#   from tc_circuits.models.model_info import weight_processing
-#   raw = load_model("google/gemma-2-2b", fold_ln=False, center_writing_weights=False)  # ln2 gain for mlp.hook_in
-#   tcs = load_any("/data/gemma-scope-transcoders", processing=weight_processing(model), hf_model=raw)
+# post-MLP norm): the sites above. Import them instead of training (docs/ecosystem.md, per family):
+#   from tc_circuits.formats import load_any, load_gemmascope, load_saelens_release
+#   model = load_model("/models/gemma-2-2b")                       # processed, offline
+#   tcs = load_any("/data/gemma-scope-transcoders", model=model)   # circuit-tracer layout (params.npz)
+#   tc3 = load_gemmascope("/data/gemma-scope-2b-pt-transcoders/layer_3/width_16k/average_l0_54", model=model)
+#   tc3 = load_saelens_release("gemma-scope-2b-pt-transcoders", "layer_3/width_16k/average_l0_54", model=model)
+# Files read after the norm's gain (circuit-tracer mlp.hook_in, sparsify layers.L.mlp, GemmaScope 2)
+# also take hf_model="/models/gemma-2-2b": the gain (1 + w) is folded into the encoder exactly.
 
 # %% [markdown]
 # ## Splice, attribute, check

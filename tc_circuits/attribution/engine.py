@@ -50,11 +50,11 @@ from tc_circuits.attribution.feature_edges import (
     position_layout,
 )
 from tc_circuits.attribution.linearise import LinearisedModel
+from tc_circuits.attribution.ranking import InfluenceRanker, node_levels
 from tc_circuits.attribution.memory import bytes_per_edge, estimate_attribution_memory, fitting_feature_nodes
 from tc_circuits.attribution.memory import gb as mem_gb
 from tc_circuits.attribution.targets import Target, encode_direction, resolve_targets, warn_unknown_tokens
 from tc_circuits.graph.graph import AttributionGraph, NodeTable
-from tc_circuits.graph.prune import normalized_weights, propagate_influence
 from tc_circuits.models import backend
 from tc_circuits.coders.hashing import transcoder_hash
 from tc_circuits.models.provenance import model_provenance
@@ -345,14 +345,14 @@ def attribute(
     visited = torch.zeros(lin.n_features, dtype=torch.bool)
     seed = torch.zeros(lay.n, dtype=torch.float64)
     seed[lay.tgt0:] = torch.tensor([t.weight for t in tgts], dtype=torch.float64)
+    ranker = InfluenceRanker(sink, node_levels(lay.n, f.layer, lay.tgt0, lin.n_layers), seed)
     bar = tqdm(total=n_expand, desc="feature rows", disable=not progress, leave=False)
     n_done = 0
     while n_done < n_expand:
         if n_expand == lin.n_features:
             pending = torch.arange(lin.n_features)
         else:
-            et, es, ew = sink.tensors()
-            infl = propagate_influence(et, es, normalized_weights(et, ew, lay.n), seed)[: lin.n_features]
+            infl = ranker.influence()[: lin.n_features]
             infl[visited] = -1.0
             order = torch.argsort(infl, descending=True, stable=True)
             take = min(update_interval * batch_size, n_expand - n_done)

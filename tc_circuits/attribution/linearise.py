@@ -43,35 +43,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tc_circuits.attribution import adjoint_kernels as kernels
 from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
 from tc_circuits.models.block_plan import NormPlan, block_plan
 from tc_circuits.models.block_plan import check_supported as check_supported
 from tc_circuits.models.sites import Site, global_hook
-
-
-#: Key-block size of :func:`_causal_transpose_matmul`; prompts up to twice this use one matmul.
-_CAUSAL_BLOCK = 256
-
-
-def _causal_transpose_matmul(A: Float[Tensor, "h q k"], x: Float[Tensor, "h q n"]) -> Float[Tensor, "h k n"]:
-    """``A^T @ x`` for causal (lower-triangular) attention patterns, skipping the zero blocks.
-
-    ``A[:, q, k] = 0`` for ``k > q``, so the rows of key block ``[s, e)`` only need the queries
-    from ``s`` on: one ``A[:, s:, s:e]^T @ x[:, s:]`` per block (a strided view; no copy of
-    ``A``). With blocks of ``_CAUSAL_BLOCK`` keys this does ``(1/2 + block / 2P)`` of the dense
-    product's work. Equal to ``A.transpose(1, 2) @ x`` (``tests/test_fast_paths.py``).
-    """
-    P = A.shape[-1]
-    T = _CAUSAL_BLOCK
-    if P <= 2 * T:
-        return A.transpose(1, 2) @ x
-    out = torch.empty(A.shape[0], P, x.shape[-1], dtype=x.dtype, device=x.device)
-    for s in range(0, P, T):
-        e = min(P, s + T)
-        out[:, s:e] = A[:, s:, s:e].transpose(1, 2) @ x[:, s:]
-    return out
 
 
 class ActiveFeatures(NamedTuple):
@@ -250,7 +228,7 @@ class LinearisedModel:
             x = self.mlp_in[L].to(tc.W_enc.dtype)
             pre = tc.pre_acts(x)
             dense[L] = tc.activate(pre)
-            output = decode_output(self.transcoders, L, dense, x)
+            output = decode_output(self.transcoders, L, dense, x, sparse=True)
             self.errors.append((self.mlp_out[L] - output.to(self.mlp_out[L].dtype)).detach())
             p, lat = torch.nonzero(dense[L], as_tuple=True)
             layers.append(torch.full_like(p, L))
@@ -330,7 +308,7 @@ class LinearisedModel:
                 dense = torch.zeros(P, tc.cfg.n_latents, device=dev, dtype=tc.W_dec.dtype)
                 dense[self.features.pos[sl].to(dev), self.features.latent[sl].to(dev)] = acts[sl].to(dense.dtype)
                 dense_by_layer[L] = dense
-                decoded = decode_output(self.transcoders, L, dense_by_layer, n.to(tc.W_dec.dtype))
+                decoded = decode_output(self.transcoders, L, dense_by_layer, n.to(tc.W_dec.dtype), sparse=True)
                 out = out + decoded.to(x.dtype)
             outs.append(out)
             x = x + out
@@ -368,9 +346,14 @@ class LinearisedModel:
         B = int(layers.shape[0])
         P = int(positions.max()) + 1
         rows = torch.arange(B, device=dev)
+        valid_pos = positions[:, None] >= torch.arange(P, device=dev)[None]  # [B, P]: p <= positions[b]
+        at_pos = positions[:, None] == torch.arange(P, device=dev)[None]  # [B, P]: p == positions[b]
         g = torch.zeros(B, P, self.d_model, device=dev, dtype=self.embed.dtype)
         top = int(layers.max())
         fin = layers == self.n_layers
+        # single[b]: row b's gradient is (still) non-zero at its own position only (it was injected
+        # there and has not been through an attention layer yet)
+        single = fin.clone()
         if bool(fin.any()):
             g[rows[fin], positions[fin]] = vectors[fin]
             g = self.ln_final.adjoint(g, inplace=True)
@@ -383,7 +366,10 @@ class LinearisedModel:
             sel = layers == L
             h = None  # gradient at mlp_in (skip path + rows injected here)
             if nonzero and tc is not None and tc.W_skip is not None:
-                h = g @ tc.W_skip.detach().T.to(g.dtype)
+                above = layers > L  # rows injected above this layer
+                live_in = kernels.live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
+                W_skip_T = tc.W_skip.detach().T.to(g.dtype)
+                h = kernels.rows_matmul(g.reshape(B * P, -1), W_skip_T, live_in).reshape(B, P, -1)
             if bool(sel.any()):
                 if h is None:
                     h = torch.zeros_like(g)
@@ -393,32 +379,67 @@ class LinearisedModel:
                 continue
             post = self.ln1_post[L]
             if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
+                reads = layers > L  # the attention reads g: rows injected here enter below it
                 t = g if post is None else post.adjoint(g)
-                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t), inplace=True).add_(g)
+                split = kernels.attention_rows(valid_pos, positions, reads, single)
+                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, *split), inplace=True)
+                g_new.add_(g)
                 if h is not None:
                     g_new.add_(self.ln2[L].adjoint(h, affine=False, inplace=True))
                 g = g_new
+                single = (single & ~reads) | sel
                 continue
             if h is not None:  # g += ln2^T h
                 g = self.ln2[L].adjoint(h, affine=False, inplace=True).add_(g)
+            single = single | sel
+            reads = layers >= L
             t = g if post is None else post.adjoint(g)
-            g = self.ln1[L].adjoint(self._attn_adjoint(L, t), inplace=True).add_(g)
+            split = kernels.attention_rows(valid_pos, positions, reads, single)
+            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, *split), inplace=True).add_(g)
+            single = single & ~reads
         yield -1, g
 
-    def _attn_adjoint(self, L: int, g: Tensor) -> Tensor:
+    def _attn_adjoint(
+        self, L: int, g: Tensor, live: Tensor | None = None, single: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Adjoint of the frozen attention (OV with cached patterns) as three plain matmuls.
 
-        Equal to :meth:`_attn_adjoint_reference` (``tests/test_fast_paths.py``); faster because
-        the two ``d_model x d_model`` contractions run as single 2-D matmuls.
+        ``live``: flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero
+        (:func:`live_rows`); the two ``d_model x d_model`` contractions skip the others, which
+        are zero in ``g`` and in the result. ``single = (rows, positions)``: rows whose ``g`` is
+        non-zero at that one position only (just injected); for them the result is
+        ``sum_h A[h, p, k] (g[p] W_O[h]^T W_V[h]^T)`` at every key ``k``: two matmuls of one
+        ``d``-vector per row instead of two per position (rank one in the positions). Rows in
+        ``single`` must not be in ``live``. Equal to :meth:`_attn_adjoint_reference`
+        (``tests/test_fast_paths.py``); faster because the contractions run as single 2-D
+        matmuls over the live rows only.
         """
         B, P, d = g.shape
         W_O, W_V = self.W_O[L].to(g.dtype), self.W_V[L].to(g.dtype)
         H, dh = W_O.shape[0], W_O.shape[1]
-        gz = (g.reshape(B * P, d) @ W_O.reshape(H * dh, d).T).reshape(B, P, H, dh)
-        gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
         A = self.patterns[L][:, :P, :P].to(g.dtype)
-        gv = _causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
-        return (gv @ W_V.permute(0, 2, 1).reshape(H * dh, d)).reshape(B, P, d)
+        W_O_T = W_O.reshape(H * dh, d).T
+        W_V_T = W_V.permute(0, 2, 1).reshape(H * dh, d)
+        if live is None:
+            gz = (g.reshape(B * P, d) @ W_O_T).reshape(B, P, H, dh)
+            gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
+            gv = kernels.causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
+            return (gv @ W_V_T).reshape(B, P, d)
+        out = g.new_zeros(B * P, d)
+        if live.numel():
+            b_idx, p_idx = live // P, live % P
+            gz = g.new_zeros(H, P, B, dh)
+            gz.permute(2, 1, 0, 3)[b_idx, p_idx] = (g.reshape(B * P, d)[live] @ W_O_T).reshape(-1, H, dh)
+            gv = kernels.causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
+            out[live] = gv[b_idx, p_idx].reshape(-1, H * dh) @ W_V_T
+        out = out.reshape(B, P, d)
+        if single is not None:
+            rows, pos = single
+            gz1 = (g[rows, pos] @ W_O_T).reshape(-1, H, dh)  # [n, H, dh]
+            U = torch.einsum("nhe,hde->nhd", gz1, W_V)  # [n, H, d]: each head's read-back of its value
+            coef = A[:, pos, :].permute(1, 2, 0)  # [n, P (keys), H]: A[h, pos_n, k]
+            out[rows] = torch.bmm(coef, U)
+        return out
 
     def _attn_adjoint_reference(self, L: int, g: Tensor) -> Tensor:
         """Plain reference of :meth:`_attn_adjoint` (einsums)."""

@@ -24,12 +24,13 @@ TARGETS = ("tc_circuits", "circuit-tracer", "saelens", "sparsify")
 class ConvertOptions:
     """Options of ``tc-circuits convert``."""
 
-    src_format: Literal["tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky"] | None = None
+    src_format: Literal["tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky", "gemmascope"] | None = None
     """Format of SRC (default: detected from its files)."""
     to: Literal["tc_circuits", "circuit-tracer", "saelens", "sparsify"] = "tc_circuits"
     """Format to write DST in."""
     hf_model: str | None = None
-    """Local Hugging Face model folder (its ln_2 weights map sparsify / circuit-tracer MLP inputs)."""
+    """Local Hugging Face model folder: its MLP-input norm gains (and LayerNorm biases) map inputs read
+    after the norm (sparsify MLP transcoders, circuit-tracer ``mlp.hook_in``, GemmaScope 2) exactly."""
     fold_ln: bool = True
     """The target TransformerLens model folds LayerNorm (sparsify, Dunefsky, circuit-tracer)."""
     center_writing_weights: bool = True
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("dst", help="destination folder")
     add_dataclass_args(parser, ConvertOptions, exclude=("src_format",))
     parser.add_argument("--from", dest="src_format", default=argparse.SUPPRESS,
-                        choices=["tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky"],
+                        choices=["tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky", "gemmascope"],
                         help="format of SRC (default: detected from its files)")
     parser.set_defaults(func=run)
 
@@ -76,15 +77,14 @@ def convert(src: str | Path, dst: str | Path, opts: ConvertOptions = ConvertOpti
         kwargs["processing"] = processing
     hf_weights = None
     if opts.hf_model is not None:
-        from safetensors.torch import load_file
+        from tc_circuits.models.loading import is_local_model_dir
 
-        weights = Path(opts.hf_model) / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"--hf-model needs {weights}")
-        hf_weights = load_file(str(weights))
+        if not is_local_model_dir(opts.hf_model):
+            raise FileNotFoundError(f"--hf-model {opts.hf_model!r} is not a Hugging Face model folder (config.json + weights)")
+        hf_weights = opts.hf_model  # read lazily: only the norm tensors
     if fmt == "sparsify":
         kwargs["model_name"] = opts.model_name
-    if fmt in ("sparsify", "circuit-tracer") and hf_weights is not None:
+    if fmt in ("sparsify", "circuit-tracer", "saelens", "gemmascope") and hf_weights is not None:
         kwargs["hf_model"] = hf_weights
     loaded = load_any(src, format=fmt, **kwargs)
     dst = Path(dst)

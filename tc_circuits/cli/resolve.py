@@ -36,7 +36,7 @@ class ModelOptions:
     model: str | None = None
     """TransformerLens model name or local Hugging Face folder; None or 'organism' = the bundled organism (commands reading a graph: the graph's recorded model)."""
     transcoders: str | None = None
-    """Dictionaries: a folder in any supported format (tc_circuits, circuit-tracer, SAELens, sparsify, Dunefsky; auto-detected) or an organism kind (skip_transcoder, transcoder, sae); None = the organism's skip transcoders (commands reading a graph: the recorded ones)."""
+    """Dictionaries: a folder in any supported format (tc_circuits, circuit-tracer, SAELens, sparsify, Dunefsky, GemmaScope; auto-detected) or an organism kind (skip_transcoder, transcoder, sae); None = the organism's skip transcoders (commands reading a graph: the recorded ones)."""
     device: str | None = None
     """cpu, cuda or mps; None = the best available (cuda, then mps, then cpu)."""
     dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = None
@@ -110,8 +110,12 @@ def transcoder_spec(opts: ModelOptions) -> str:
     return "skip_transcoder"
 
 
-def load_transcoders_from(spec: str, model: Any, *, dtype: str = "float32") -> Any:
-    """Load dictionaries ``spec`` (an organism kind or a checkpoint path) checked against ``model``."""
+def load_transcoders_from(spec: str, model: Any, *, dtype: str = "float32", hf_model: Any = None) -> Any:
+    """Load dictionaries ``spec`` (an organism kind or a checkpoint path) checked against ``model``.
+
+    ``hf_model``: the model's unprocessed weights (its local Hugging Face folder), for files that
+    read the MLP input after the norm's gain (sparsify, circuit-tracer ``mlp.hook_in``, GemmaScope 2).
+    """
     import torch
 
     from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
@@ -132,6 +136,13 @@ def load_transcoders_from(spec: str, model: Any, *, dtype: str = "float32") -> A
             raise FileNotFoundError(f"--transcoders {spec!r}: no such folder or file (or organism kind {ORGANISM_KINDS})")
         fmt = detect_format(path)
         kwargs = {"processing": weight_processing(model)} if fmt in ("circuit-tracer", "sparsify", "dunefsky") else {}
+        if fmt == "gemmascope":
+            kwargs = {"model": model}
+        if hf_model is not None and fmt in ("sparsify", "saelens", "gemmascope", "circuit-tracer"):
+            from tc_circuits.formats.circuit_tracer_clt import is_circuit_tracer_clt
+
+            if fmt != "circuit-tracer" or not is_circuit_tracer_clt(path):
+                kwargs["hf_model"] = hf_model
         loaded = load_any(path, format=fmt, **kwargs)
         tcs = TranscoderSet({loaded.cfg.layer: loaded}) if isinstance(loaded, Transcoder) else TranscoderSet(loaded)
         for tc in tcs.values():
@@ -152,8 +163,15 @@ def resolve(opts: ModelOptions = ModelOptions()) -> Resolved:
     """Load the model and dictionaries ``opts`` names."""
     spec = transcoder_spec(opts)  # before the (slow) model load: a missing --transcoders fails fast
     model = load_model_from(opts)
-    tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name)
+    tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name, hf_model=_hf_folder(opts))
     return Resolved(model, tcs, sources_of(opts, spec))
+
+
+def _hf_folder(opts: ModelOptions) -> str | None:
+    """``--model`` when it is a local Hugging Face folder (its unprocessed norm gains)."""
+    from tc_circuits.models.loading import is_local_model_dir
+
+    return opts.model if opts.model and is_local_model_dir(opts.model) else None
 
 
 def sources_of(opts: ModelOptions, spec: str) -> dict[str, Any]:
@@ -184,7 +202,7 @@ def resolve_for_graph(graph: Any, opts: ModelOptions = ModelOptions()) -> Resolv
     check_graph_model(graph, model)
     if opts.transcoders is not None:
         spec = opts.transcoders
-        tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name)
+        tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name, hf_model=_hf_folder(opts))
         check_graph_transcoders(graph, tcs, what=f"the dictionaries {spec!r}")
         return Resolved(model, tcs, sources_of(opts, spec))
     candidates = []
@@ -195,7 +213,7 @@ def resolve_for_graph(graph: Any, opts: ModelOptions = ModelOptions()) -> Resolv
     tried = []
     for spec in candidates:
         try:
-            tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name)
+            tcs = load_transcoders_from(spec, model, dtype=opts.torch_dtype_name, hf_model=_hf_folder(opts))
         except (FileNotFoundError, ValueError) as err:
             tried.append(f"{spec}: {err}")
             continue

@@ -112,48 +112,38 @@ def finite_or_raise(source: str, tensors: Mapping[str, Tensor]) -> None:
             raise ValueError(f"{source}: tensor {name} contains NaN or infinite values")
 
 
-#: Where the MLP-input LayerNorm gain/bias of layer ``L`` live in unprocessed state dicts:
-#: TransformerLens (``fold_ln=False``; RMSNorm has no bias), HF GPT-2, GPT-NeoX, Llama-style
-#: (RMSNorm: no bias). ``(gain key, bias key, bias required)``.
-_LN2_KEYS = (
-    ("blocks.{L}.ln2.w", "blocks.{L}.ln2.b", False),
-    ("transformer.h.{L}.ln_2.weight", "transformer.h.{L}.ln_2.bias", True),
-    ("h.{L}.ln_2.weight", "h.{L}.ln_2.bias", True),
-    ("gpt_neox.layers.{L}.post_attention_layernorm.weight", "gpt_neox.layers.{L}.post_attention_layernorm.bias", True),
-    ("model.layers.{L}.post_attention_layernorm.weight", None, False),
-)
-
-
 def ln2_gain_bias(weights: Any, layer: int, *, source: str = "hf_model") -> tuple[Tensor, Tensor]:
-    """The MLP-input LayerNorm gain ``w`` and bias ``b`` of ``layer`` (``ln_2(x) = n(x) * w + b``).
+    """The MLP-input norm gain ``g`` and bias ``b`` of ``layer`` (``out = n(x) * g + b``).
 
-    ``weights`` is an unprocessed model (HF, or a ``HookedTransformer`` loaded with
-    ``fold_ln=False``) or its state dict. TransformerLens' ``ln2.hook_normalized`` is ``n(x)``
-    (before gain and bias) whatever the processing, so tools that read the LayerNorm *output*
-    (sparsify's ``h.L.mlp`` input, circuit-tracer's ``mlp.hook_in``) need these to map exactly.
+    ``weights`` is the unprocessed model: a Hugging Face folder or model, a ``HookedTransformer``
+    loaded with ``fold_ln=False``, or a state dict of either (see
+    :mod:`tc_circuits.models.norm_gains`; Gemma's stored ``w`` gives ``g = 1 + w``, RMSNorm
+    gives ``b = 0``). TransformerLens' ``ln2.hook_normalized`` is ``n(x)`` (before gain and
+    bias) whatever the processing, so tools that read the norm's *output* (sparsify's MLP
+    input, circuit-tracer's ``mlp.hook_in``) need these to map exactly.
     """
-    sd = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{source}: expected a model or a state dict, got {type(weights).__name__}")
-    if f"model.layers.{layer}.pre_feedforward_layernorm.weight" in sd:
+    from tc_circuits.models.norm_gains import mlp_input_norm
+
+    norm = mlp_input_norm(weights, layer, name=source)
+    return norm.gain, norm.bias
+
+
+def fold_norm(t: dict[str, Tensor], weights: Any, layer: int, d_in: int, *, source: str,
+              hook: str) -> dict[str, Tensor]:
+    """:func:`fold_input_affine` with ``layer``'s MLP-input norm read from ``weights``.
+
+    ``hook`` names the foreign site in the error raised when ``weights`` is missing.
+    """
+    if weights is None:
         raise ValueError(
-            f"{source} is a Hugging Face Gemma-style state dict (pre_feedforward_layernorm, stored as "
-            f"gain - 1); pass the HookedTransformer loaded with fold_ln=False instead"
+            f"{source}: input hook {hook!r} is the MLP-input norm's output n(x) * g + b (its gain and "
+            f"bias applied), while our blocks.{layer}.ln2.hook_normalized is n(x); pass hf_model= (the "
+            f"Hugging Face folder or model, or a HookedTransformer with fold_ln=False, or a state dict) "
+            f"so the gain folds into the encoder exactly"
         )
-    for w_key, b_key, b_required in _LN2_KEYS:
-        w = sd.get(w_key.format(L=layer))
-        if w is None:
-            continue
-        b = sd.get(b_key.format(L=layer)) if b_key else None
-        if b is None and b_required:
-            continue
-        w = w.detach()
-        return w, (torch.zeros_like(w) if b is None else b.detach())
-    raise ValueError(
-        f"{source} has no MLP-input LayerNorm weights for layer {layer} (looked for "
-        f"{[k.format(L=layer) for k, _, _ in _LN2_KEYS]}); pass the unprocessed model (HF, or "
-        f"HookedTransformer with fold_ln=False) or its state dict"
-    )
+    w, b = ln2_gain_bias(weights, layer, source=f"{source}: hf_model")
+    check_shape(source, f"layer {layer} MLP-input norm gain", w, (d_in,))
+    return fold_input_affine(t, w, b)
 
 
 def fold_input_affine(t: dict[str, Tensor], w: Tensor, b: Tensor) -> dict[str, Tensor]:

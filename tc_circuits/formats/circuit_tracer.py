@@ -58,7 +58,7 @@ from tc_circuits.formats._common import (
     center_output,
     check_shape,
     finite_or_raise,
-    fold_input_affine,
+    fold_norm,
     ln2_gain_bias,
     make_config,
     processing_from,
@@ -67,6 +67,9 @@ from tc_circuits.formats._common import (
     tl_model_name,
     unfold_input_affine,
 )
+from tc_circuits.formats.family_sites import check_family, check_width, family_of_name, output_site, tl_hook
+from tc_circuits.formats.retarget import retarget
+from tc_circuits.models.norm_gains import WeightSource, has_post_mlp_norm, module_family
 from tc_circuits.models.sites import Site
 
 CONFIG_FILE = "config.yaml"
@@ -114,9 +117,13 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 def _layer_file(root: Path, entry: str, source: str) -> Path:
     entry = str(entry)
     if entry.startswith("hf://"):
-        local = safe_join(root, entry.rsplit("/", 1)[-1].split("?", 1)[0], source)
-        if local.is_file():
-            return local
+        # hf://owner/repo[@revision]/path: the path inside the repository (a snapshot of it
+        # downloaded here, e.g. GemmaScope's layer_L/width_16k/.../params.npz), else the file name
+        rel = entry[len("hf://"):].split("?", 1)[0].split("/", 2)[-1]
+        for cand in (rel, rel.rsplit("/", 1)[-1]):
+            local = safe_join(root, cand, source)
+            if local.is_file():
+                return local
         raise ValueError(
             f"{source}: layer file {entry!r} is on the hub; download the repository with "
             f"tc_circuits.formats.hub.load_from_hub first"
@@ -141,12 +148,28 @@ def _layer_file(root: Path, entry: str, source: str) -> Path:
 
 
 def _read_layer(file: Path) -> dict[str, Tensor]:
+    if file.suffix == ".npz":  # GemmaScope's params.npz (circuit-tracer's "gemma-scope" loader)
+        return _from_gemmascope(file)
     try:
         t = load_file(str(file))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"corrupted or truncated safetensors file {file}: {err}") from err
+    if "w_enc" in t:  # GemmaScope 2's params.safetensors (its "gemma-scope-2" loader)
+        return _from_gemmascope(file)
     require(str(file), t, "W_enc", "W_dec", "b_enc", "b_dec")
     finite_or_raise(str(file), t)
+    return t
+
+
+def _from_gemmascope(file: Path) -> dict[str, Tensor]:
+    """A GemmaScope parameter file in circuit-tracer's orientation (``W_enc [n, d]``, ...)."""
+    from tc_circuits.formats.gemmascope import read_params
+
+    g = read_params(file)
+    t = {"W_enc": g["W_enc"].T, "W_dec": g["W_dec"], "b_enc": g["b_enc"], "b_dec": g["b_dec"],
+         "activation_function.threshold": g["threshold"]}
+    if "W_skip" in g:
+        t["W_skip"] = g["W_skip"].T
     return t
 
 
@@ -164,12 +187,17 @@ def load_layer(
     hf_model: Any = None,
     output_centered: bool = False,
     keep_processing: bool = False,
+    model: Any = None,
+    family: str | None = None,
 ) -> Transcoder:
     """One circuit-tracer ``layer_{i}.safetensors`` file as a :class:`Transcoder`.
 
     ``processing`` is the target model's (default: ``from_pretrained``'s; recorded as given
     when ``keep_processing``); see the module docstring for what is folded.
     ``output_centered``: the decoder is already centred (our own export).
+    ``model``: the processed target model (checked; its processing is reconciled and recorded,
+    see :mod:`tc_circuits.formats.retarget`). ``family``: the source model's family (from the
+    config's ``model_name``); ``mlp.hook_out`` on a post-MLP-norm family (Gemma) is refused.
     """
     source = str(file)
     t = _read_layer(Path(file))
@@ -206,18 +234,21 @@ def load_layer(
         raise ValueError(f"{source}: activation is topk but config.yaml gives no k")
     proc = dict(processing or {}) if keep_processing else processing_from(processing)
     in_site, out_site = _site(input_hook, layer, source), _site(output_hook, layer, source)
-    if input_hook == "mlp.hook_in":
-        if hf_model is None:
-            raise ValueError(
-                f"{source}: circuit-tracer's mlp.hook_in is the LayerNorm output n(x) * w + b (its "
-                f"models load unprocessed), TransformerLens' ln2.hook_normalized is n(x); pass "
-                f"hf_model= (the unprocessed model or its state dict) so w and b fold in exactly"
-            )
-        w, b = ln2_gain_bias(hf_model, layer)
-        check_shape(source, "ln2 weight", w, (d_in,))
-        tensors = fold_input_affine(tensors, w, b)
-    if output_hook in ("mlp.hook_out", "hook_mlp_out") and proc.get("center_writing_weights") and not output_centered:
-        tensors = center_output(tensors)
+    h_in, h_out = tl_hook(input_hook, layer, fold_ln=False), tl_hook(output_hook, layer)
+    output_site(source, h_out, family, model)  # refuses Gemma's pre-post-norm mlp.hook_out
+    if model is not None:
+        check_width(source, "d_model (W_enc columns)", d_in, model)
+        # circuit-tracer's models are unprocessed; our export may have centred the decoder
+        src = {"fold_ln": False, "center_writing_weights": bool(output_centered), "center_unembed": False}
+        tensors, in_site, out_site, proc = retarget(
+            tensors, source=source, in_hook=h_in, out_hook=h_out, family=family, hf_model=hf_model,
+            model=model, processing=src)
+    else:
+        if h_in.norm_output:
+            tensors = fold_norm(tensors, hf_model, layer, d_in, source=source, hook=input_hook)
+        if output_hook in ("mlp.hook_out", "hook_mlp_out") and proc.get("center_writing_weights") \
+                and not output_centered:
+            tensors = center_output(tensors)
     tensors = {key: v.to(dtype).contiguous() for key, v in tensors.items()}
     if log_threshold is not None:
         tensors["log_threshold"] = log_threshold
@@ -237,8 +268,16 @@ def load_circuit_tracer(
     processing: dict[str, bool] | None = None,
     hf_model: Any = None,
     model_name: str | None = None,
+    model: Any = None,
 ) -> TranscoderSet:
     """A circuit-tracer transcoder-set folder (``config.yaml`` + layer files) as a TranscoderSet.
+
+    Layer files are circuit-tracer's ``layer_{i}.safetensors``, GemmaScope's ``params.npz``
+    (as its ``gemma-scope`` loader reads them) or GemmaScope 2's ``params.safetensors``;
+    ``hf://owner/repo/path`` entries are found at ``path`` inside the folder (a downloaded
+    snapshot of the repository). ``model``: the processed target model; the config's
+    ``model_name`` (and ``hf_model``'s) family and the widths are checked against it, its
+    processing reconciled and its name and flags recorded.
 
     Args:
         path: the folder holding ``config.yaml``.
@@ -255,6 +294,18 @@ def load_circuit_tracer(
     keep = processing is None and "weight_processing" in ours
     if keep:
         processing = ours["weight_processing"]
+    source = str(root / CONFIG_FILE)
+    family = family_of_name(raw.get("model_name"))
+    check_family(source, "model_name", raw.get("model_name"), family, model)
+    if hf_model is not None:
+        hf_model = WeightSource(hf_model, name=f"{source}: hf_model")
+        check_family(source, "hf_model", hf_model.name, hf_model.family, model)
+        family = family or hf_model.family
+    if model is not None:
+        from tc_circuits.models.model_info import model_signature
+
+        sig = model_signature(model)
+        model_name, ours = model_name or sig["model_name"], {**ours, "model_d_model": sig["d_model"]}
     out = TranscoderSet()
     for layer, entry in enumerate(raw["transcoders"]):
         file = _layer_file(root, entry, str(root / CONFIG_FILE))
@@ -268,6 +319,7 @@ def load_circuit_tracer(
             model_name=model_name or ours.get("model_name") or tl_model_name(raw.get("model_name")),
             model_d_model=ours.get("model_d_model"), processing=processing, hf_model=hf_model,
             output_centered=bool(ours.get("output_centered", False)), keep_processing=keep,
+            model=model, family=family,
         )
     return out
 
@@ -300,6 +352,10 @@ def save_circuit_tracer(
 ) -> Path:
     """Write ``transcoders`` as a circuit-tracer transcoder set (layers 0..L-1, one per layer).
 
+    The MLP output is written as circuit-tracer's ``mlp.hook_out``, except for a family with a
+    post-MLP norm (Gemma: told by ``hf_model``'s or ``model``'s family, or the model name),
+    where that hook is before the norm and ``hook_mlp_out`` (after it, as ours) is written.
+
     Args:
         transcoders: one transcoder per layer, all reading the same relative site.
         path: output folder (``config.yaml`` + ``layer_{i}.safetensors``).
@@ -311,10 +367,7 @@ def save_circuit_tracer(
         allow_topk: write TopK sets (``activation: topk`` + ``k``). Default: only when the
             installed circuit-tracer reads them; releases without TopK support (PyPI 0.5.0)
             would silently read ReLU, so without one installed TopK is refused unless ``True``.
-        model: the model the transcoders are for (processed or not). Needed for models with a
-            post-MLP norm (Gemma 2/3): there circuit-tracer's ``mlp.hook_out`` lies *before*
-            that norm while our ``hook_mlp_out`` is after it, so the set names ``hook_mlp_out``
-            (as circuit-tracer's own GemmaScope sets do). Also read off ``hf_model``.
+        model: the (processed) model the transcoders are for; only its family is read.
     """
     layers = sorted(transcoders)
     if not layers or layers != list(range(len(layers))):
@@ -338,15 +391,14 @@ def save_circuit_tracer(
             )
     unfold = hf_model is not None and first.in_site.kind == "mlp_in"
     in_rel = "mlp.hook_in" if unfold else _relative(first.in_site)
-    post_norm = _has_post_mlp_norm(model) or _has_post_mlp_norm(hf_model)
-    if (first.out_site.kind == "mlp_out" and model is None and hf_model is None
-            and "gemma" in str(first.model_name or "").lower()):
-        raise ValueError(
-            f"transcoders for {first.model_name!r} write hook_mlp_out: on a model with a post-MLP norm "
-            f"(Gemma 2/3) that is circuit-tracer's hook_mlp_out, on others its mlp.hook_out (before any "
-            f"post-norm); pass model= (the model they are for) so the right one is written"
-        )
-    out_rel = "mlp.hook_out" if first.out_site.kind == "mlp_out" and not post_norm else _relative(first.out_site)
+    # circuit-tracer's mlp.hook_out is the MLP's own output: on a post-MLP-norm family (Gemma)
+    # that is before the norm, so those sets name hook_mlp_out (after it, as ours)
+    post_norm = any(has_post_mlp_norm(fam) for fam in (
+        WeightSource(hf_model).family if hf_model is not None else None,
+        module_family(model) if model is not None else None,
+        family_of_name(first.model_name)))
+    out_rel = ("hook_mlp_out" if post_norm else "mlp.hook_out") if first.out_site.kind == "mlp_out" \
+        else _relative(first.out_site)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     files = []
@@ -399,18 +451,6 @@ def save_circuit_tracer(
     text = yaml.safe_dump(cfg, sort_keys=False)
     atomic_write(root / CONFIG_FILE, lambda p: Path(p).write_text(text))
     return root
-
-
-def _has_post_mlp_norm(model: Any) -> bool:
-    """Whether ``model`` (a HookedTransformer / bridge or a TransformerLens state dict) normalises
-    the MLP output before the residual stream (Gemma 2/3's ``ln2_post``)."""
-    if model is None:
-        return False
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and hasattr(cfg, "use_normalization_before_and_after"):
-        return bool(cfg.use_normalization_before_and_after)
-    sd = model.state_dict() if hasattr(model, "state_dict") else model
-    return any(".ln2_post." in str(key) or "post_feedforward_layernorm" in str(key) for key in sd)
 
 
 def default_scan(model_name: str) -> str:

@@ -10,7 +10,7 @@ from tc_circuits.coders.clt import CLT_CONFIG_NAME, CrossLayerTranscoder
 from tc_circuits.coders.transcoder import CONFIG_NAME, WEIGHTS_NAME, Transcoder, TranscoderSet
 
 #: Supported formats (``--from`` / ``format=`` values).
-FORMATS = ("tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky")
+FORMATS = ("tc_circuits", "circuit-tracer", "sparsify", "saelens", "dunefsky", "gemmascope")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl")
 
 
@@ -21,15 +21,19 @@ def detect_format(path: str | os.PathLike) -> str:
         suffix = p.suffix if p.suffix != ".gz" else Path(p.stem).suffix
         if suffix in _PICKLE_SUFFIXES:
             return "dunefsky"
+        if p.name in ("params.npz", "params.safetensors"):
+            return "gemmascope"
         raise ValueError(
             f"cannot tell the format of file {p}; expected a folder (circuit-tracer, sparsify, "
-            f"SAELens, tc_circuits) or a Dunefsky torch pickle ({', '.join(_PICKLE_SUFFIXES)}, "
+            f"SAELens, tc_circuits, GemmaScope), a GemmaScope params.npz / params.safetensors or a Dunefsky torch pickle ({', '.join(_PICKLE_SUFFIXES)}, "
             f"optionally gzip-compressed: .pkl.gz)"
         )
     if not p.is_dir():
         raise FileNotFoundError(f"no such checkpoint: {p}")
     if (p / "config.yaml").is_file():
         return "circuit-tracer"
+    if (p / "params.npz").is_file() or (p / "params.safetensors").is_file():
+        return "gemmascope"
     if (p / CLT_CONFIG_NAME).is_file():  # a tc_circuits cross-layer transcoder
         return "tc_circuits"
     if (p / "cfg.json").is_file():
@@ -40,6 +44,9 @@ def detect_format(path: str | os.PathLike) -> str:
         if (p / WEIGHTS_NAME).is_file():
             return "tc_circuits"
     subs = [s for s in p.iterdir() if s.is_dir()]
+    if any(next(s.rglob("params.npz"), None) or next(s.rglob("params.safetensors"), None)
+           for s in subs if s.name.startswith(("layer_", "transcoder"))):
+        return "gemmascope"  # a GemmaScope repository tree: layer_L/width_W/average_l0_N/params.npz
     if any((s / CONFIG_NAME).is_file() and (s / WEIGHTS_NAME).is_file() for s in subs if s.name.startswith("layer_")):
         return "tc_circuits"
     if any((s / "cfg.json").is_file() and (s / "sae.safetensors").is_file() for s in subs):
@@ -63,7 +70,8 @@ def load_any(
 
     Folders of several per-layer checkpoints load as a :class:`TranscoderSet`. ``kwargs`` go to
     the format's loader (``hf_model=``/``processing=`` for sparsify, ``processing=`` for
-    Dunefsky and circuit-tracer).
+    Dunefsky and circuit-tracer; ``model=``, the processed target model, and ``hf_model=``,
+    its unprocessed weights, for circuit-tracer, sparsify, SAELens and GemmaScope).
     """
     p = Path(path)
     fmt = format or detect_format(p)
@@ -79,6 +87,9 @@ def load_any(
         from tc_circuits.formats.circuit_tracer_clt import is_circuit_tracer_clt, load_circuit_tracer_clt
 
         if is_circuit_tracer_clt(p):  # model_kind: cross_layer_transcoder
+            extra = sorted(set(kwargs) - {"processing"})
+            if extra:
+                raise ValueError(f"{p}: a circuit-tracer cross-layer transcoder takes only processing=, got {extra}")
             return load_circuit_tracer_clt(p, **kwargs)
         from tc_circuits.formats.circuit_tracer import load_circuit_tracer
 
@@ -90,22 +101,31 @@ def load_any(
     if fmt == "saelens":
         from tc_circuits.formats.saelens import load_saelens
 
-        if kwargs:
-            raise ValueError(f"SAELens checkpoints take no options, got {sorted(kwargs)}")
+        extra = sorted(set(kwargs) - {"model", "hf_model"})
+        if extra:
+            raise ValueError(f"SAELens checkpoints take only model= and hf_model=, got {extra}")
         if _is_set(p):
-            return _load_saelens_set(p)
-        return load_saelens(p)
+            return _load_saelens_set(p, **kwargs)
+        return load_saelens(p, **kwargs)
+    if fmt == "gemmascope":
+        from tc_circuits.formats.gemmascope import load_gemmascope
+
+        if p.is_dir() and not any((p / f).is_file() for f in ("params.npz", "params.safetensors")):
+            from tc_circuits.formats.gemmascope import load_gemmascope_set
+
+            return load_gemmascope_set(p, **kwargs)
+        return load_gemmascope(p, **kwargs)
     from tc_circuits.formats.dunefsky import load_dunefsky
 
     return load_dunefsky(p, **kwargs)
 
 
-def _load_saelens_set(p: Path) -> TranscoderSet:
+def _load_saelens_set(p: Path, **kwargs: Any) -> TranscoderSet:
     from tc_circuits.formats.saelens import load_saelens
 
     out = TranscoderSet()
     for sub in sorted(s for s in p.iterdir() if (s / "cfg.json").is_file()):
-        tc = load_saelens(sub)
+        tc = load_saelens(sub, **kwargs)
         if tc.cfg.layer in out:
             raise ValueError(f"{p}: two SAELens folders map to layer {tc.cfg.layer}")
         out[tc.cfg.layer] = tc

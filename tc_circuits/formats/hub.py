@@ -86,10 +86,11 @@ def saelens_release(release: str, sae_id: str) -> dict[str, Any]:
     entry = directory[release]
     if sae_id not in entry.saes_map:
         raise ValueError(f"SAELens release {release!r} has no SAE {sae_id!r} (e.g. {sorted(entry.saes_map)[:3]})")
-    if entry.conversion_func not in (None, "sae_lens"):
+    if entry.conversion_func not in (None, "sae_lens", "gemma_2_transcoder", "gemma_3"):
         raise ValueError(
             f"SAELens release {release!r} is stored as {entry.conversion_func!r}, not in SAELens' own "
-            f"cfg.json + sae_weights.safetensors format; only the latter is supported"
+            f"cfg.json + sae_weights.safetensors format or GemmaScope's / GemmaScope 2's transcoder files; "
+            f"only those are supported"
         )
     overrides = entry.config_overrides or {}
     return {
@@ -97,6 +98,8 @@ def saelens_release(release: str, sae_id: str) -> dict[str, Any]:
         "path": entry.saes_map[sae_id],
         "config_overrides": dict(overrides),
         "norm_scaling_factor": (entry.norm_scaling_factor or {}).get(sae_id),
+        "conversion_func": entry.conversion_func,
+        "model": getattr(entry, "model", None),
     }
 
 
@@ -106,15 +109,36 @@ def load_saelens_release(
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    model: Any = None,
+    hf_model: Any = None,
 ) -> Transcoder:
     """A SAELens pretrained-release SAE (``SAE.from_pretrained(release, sae_id)``'s reference),
     downloaded through the Hugging Face cache (``HF_HUB_OFFLINE=1`` reuses it offline), with
-    the release's config overrides and norm scaling factor applied as SAELens applies them."""
+    the release's config overrides and norm scaling factor applied as SAELens applies them.
+
+    GemmaScope transcoder releases (``gemma-scope-2b-pt-transcoders``, SAELens'
+    ``gemma_2_transcoder`` conversion; GemmaScope 2's ``gemma-scope-2-*-transcoders``, its
+    ``gemma_3`` conversion, per-layer transcoders only) load through
+    :func:`tc_circuits.formats.gemmascope.load_gemmascope`. ``model`` / ``hf_model``: the
+    processed target model and its unprocessed weights, as the loaders take them.
+    """
     from tc_circuits.formats.saelens import load_saelens
 
     ref = saelens_release(release, sae_id)
+    conversion = ref.get("conversion_func")
+    if conversion == "gemma_3" and ("transcoder" not in ref["path"] or "clt" in ref["path"]):
+        raise ValueError(
+            f"SAELens release {release!r} / {sae_id!r} is a GemmaScope 2 SAE or cross-layer transcoder "
+            f"({ref['path']}); only its per-layer transcoders (transcoder/layer_L_...) are supported"
+        )
     folder = download(ref["repo_id"], subfolder=ref["path"], revision=revision, cache_dir=cache_dir)
-    return load_saelens(folder, overrides=ref["config_overrides"], scaling_factor=ref["norm_scaling_factor"])
+    if conversion in ("gemma_2_transcoder", "gemma_3"):
+        from tc_circuits.formats.gemmascope import load_gemmascope
+
+        return load_gemmascope(folder, model=model, hf_model=hf_model,
+                               model_name=None if model is not None else ref.get("model"))
+    return load_saelens(folder, overrides=ref["config_overrides"], scaling_factor=ref["norm_scaling_factor"],
+                        model=model, hf_model=hf_model)
 
 
 __all__ = ["download", "load_from_hub", "load_saelens_release", "saelens_release"]

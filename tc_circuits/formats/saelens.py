@@ -49,7 +49,6 @@ from tc_circuits.formats._common import (
     threshold_to_log,
     tl_model_name,
 )
-from tc_circuits.models.sites import Site
 from tc_circuits.coders.transcoder import Transcoder
 
 CFG_FILE = "cfg.json"
@@ -81,12 +80,22 @@ def load_saelens(
     *,
     overrides: dict[str, Any] | None = None,
     scaling_factor: float | None = None,
+    model: Any = None,
+    hf_model: Any = None,
 ) -> Transcoder:
     """A SAELens SAE / transcoder / skip-transcoder folder as a :class:`Transcoder`.
 
     ``overrides`` (a pretrained release's ``config_overrides``) update ``cfg.json`` as SAELens'
     ``from_pretrained`` does; ``scaling_factor`` (a release's ``norm_scaling_factor``) is
     folded like ``fold_activation_norm_scaling_factor``.
+
+    ``model`` (the processed target model): the cfg's ``model_name`` family and ``d_in`` are
+    checked against it, the processing the SAE was trained under
+    (``model_from_pretrained_kwargs``) is reconciled with the model's
+    (:mod:`tc_circuits.formats.retarget`) and the model's name and flags are recorded.
+    ``hf_model`` (the unprocessed weights): needed for hooks read after the MLP-input norm's
+    gain (``blocks.L.mlp.hook_in`` on an unprocessed model, an ``hf_hook_name`` such as
+    ``model.layers.L.pre_feedforward_layernorm.output``), whose gain folds into the encoder.
     """
     root = Path(path)
     cfg_path, w_path = root / CFG_FILE, root / WEIGHTS_FILE
@@ -176,28 +185,69 @@ def load_saelens(
     if skip:
         check_shape(source, "W_skip", t["W_skip"], (d_out, d_in))
         tensors["W_skip"] = t["W_skip"].double().T
+    meta = raw.get("metadata") or {}
+    kwargs = meta.get("model_from_pretrained_kwargs") or raw.get("model_from_pretrained_kwargs") or {}
+    declared = _get(raw, "model_name")
+    tensors, in_site, out_site, proc = _retarget(
+        tensors, raw, source=source, hook_in=hook_in, hook_out=hook_out, declared=declared,
+        kwargs=kwargs, model=model, hf_model=hf_model, is_sae=not is_transcoder, d_in=d_in)
     tensors = {key: v.to(dtype).contiguous() for key, v in tensors.items()}
     if activation == "jumprelu":
         require(source, t, "threshold")
         check_shape(source, "threshold", t["threshold"], (n,))
         # SAELens' JumpReLU is relu(z) * (z > t): for t < 0 that is ours with t = 0
         tensors["log_threshold"] = threshold_to_log(source, thr.clamp_min(0).to(dtype))
-    try:
-        in_site, out_site = Site.parse(hook_in), Site.parse(hook_out)
-    except ValueError as err:
-        raise ValueError(f"{source}: {err}") from err
-    meta = raw.get("metadata") or {}
-    kwargs = meta.get("model_from_pretrained_kwargs") or raw.get("model_from_pretrained_kwargs") or {}
+    model_name = tl_model_name(declared)
+    model_d_model = (raw.get("tc_circuits") or meta.get("tc_circuits") or {}).get("model_d_model")
+    if model is not None:
+        from tc_circuits.models.model_info import model_signature
+
+        sig = model_signature(model)
+        model_name, model_d_model = sig["model_name"], sig["d_model"]
     cfg = make_config(
         d_in=d_in, d_out=d_out, n_latents=n,
         input_site=in_site.hook_name, output_site=out_site.hook_name,
         activation=activation, k=raw.get("k"), skip=skip,
-        model_name=tl_model_name(_get(raw, "model_name")),
-        weight_processing=processing_from(kwargs),
-        model_d_model=(raw.get("tc_circuits") or meta.get("tc_circuits") or {}).get("model_d_model"),
+        model_name=model_name,
+        weight_processing=proc,
+        model_d_model=model_d_model,
         extra={"source_format": "saelens", "architecture": arch},
     )
     return build(cfg, tensors, source=source)
+
+
+def _retarget(tensors, raw, *, source, hook_in, hook_out, declared, kwargs, model, hf_model, is_sae, d_in):
+    """Our sites for the cfg's hooks, checked against (and reconciled with) the target model."""
+    from tc_circuits.formats.family_sites import check_family, check_width, family_of_name, hf_hook, tl_hook
+    from tc_circuits.formats.retarget import retarget
+    from tc_circuits.models.norm_gains import WeightSource
+
+    proc = processing_from(kwargs)
+    family = family_of_name(declared)
+    check_family(source, "model_name", declared, family, model)
+    check_width(source, "d_in", d_in, model)
+    if hf_model is not None:
+        hf_model = WeightSource(hf_model, name=f"{source}: hf_model")
+        check_family(source, "hf_model", hf_model.name, hf_model.family, model)
+        family = family or hf_model.family
+    hf_in, hf_out = _get(raw, "hf_hook_name"), _get(raw, "hf_hook_name_out") if not is_sae else None
+    try:
+        # SAELens' Gemma-3 configs name the Hugging Face hook point the SAE was trained on
+        # beside a TransformerBridge alias; the HF name says exactly what was read
+        if isinstance(hf_in, str) and hf_in:
+            h_in = hf_hook(hf_in, family=family)
+        else:
+            h_in = tl_hook(hook_in, fold_ln=proc["fold_ln"])
+        if is_sae:
+            h_out = h_in
+        elif isinstance(hf_out, str) and hf_out:
+            h_out = hf_hook(hf_out, family=family)
+        else:
+            h_out = tl_hook(hook_out, fold_ln=proc["fold_ln"])
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+    return retarget(tensors, source=source, in_hook=h_in, out_hook=h_out, family=family,
+                    hf_model=hf_model, model=model, processing=proc, is_sae=is_sae)
 
 
 def _scaling_factor(root: Path) -> float | None:

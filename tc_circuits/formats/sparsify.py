@@ -51,27 +51,36 @@ from tc_circuits.formats._common import (
     require,
     tl_model_name,
 )
+from tc_circuits.formats.family_sites import check_family, check_width, hf_hook, output_site
+from tc_circuits.models.norm_gains import WeightSource, module_family
 from tc_circuits.models.sites import Site
 from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
-_HOOKPOINT = re.compile(r"^(?:(?:model|transformer|gpt_neox)\.)?(?:h|layers)\.(\d+)(\.mlp)?$")
+_HOOKPOINT = re.compile(
+    r"^(?:(?:model|transformer|gpt_neox)\.)?(?:h|layers)\.(\d+)(\.mlp|\.post_feedforward_layernorm)?$")
 
 
 def parse_hookpoint(hookpoint: str) -> tuple[int, str]:
-    """``"h.3.mlp"`` -> ``(3, "mlp")``, ``"transformer.h.3"`` -> ``(3, "resid")``."""
+    """``"h.3.mlp"`` -> ``(3, "mlp")``, ``"transformer.h.3"`` -> ``(3, "resid")``,
+    ``"layers.3.post_feedforward_layernorm"`` (Gemma: the MLP output after its post-norm,
+    SAEs only) -> ``(3, "mlp_normed")``."""
     m = _HOOKPOINT.match(hookpoint)
     if not m:
         raise ValueError(
             f"sparsify hookpoint {hookpoint!r} cannot be mapped exactly to a TransformerLens site; "
-            f"supported: 'h.L.mlp' (MLP) and 'h.L' (block output), optionally prefixed 'transformer.'"
+            f"supported: 'h.L.mlp' / 'layers.L.mlp' (MLP), 'h.L' / 'layers.L' (block output) and, for "
+            f"SAEs, Gemma's 'layers.L.post_feedforward_layernorm', optionally prefixed 'transformer.', "
+            f"'model.' or 'gpt_neox.'"
         )
-    return int(m.group(1)), "mlp" if m.group(2) else "resid"
+    where = {".mlp": "mlp", ".post_feedforward_layernorm": "mlp_normed"}.get(m.group(2) or "", "resid")
+    return int(m.group(1)), where
 
 
-def ln2_weights(hf_model: nn.Module | Mapping[str, Tensor], layer: int) -> tuple[Tensor, Tensor]:
-    """The ``h.{layer}.ln_2`` gain and bias from a HF model or its state dict (see
+def ln2_weights(hf_model: Any, layer: int) -> tuple[Tensor, Tensor]:
+    """The MLP-input norm gain and bias of ``layer`` from the unprocessed weights (HF folder, model,
+    ``fold_ln=False`` HookedTransformer or a state dict; see
     :func:`tc_circuits.formats._common.ln2_gain_bias`); the sparsify MLP input cannot be mapped
     to TransformerLens' ``ln2.hook_normalized`` without them."""
     return ln2_gain_bias(hf_model, layer)
@@ -96,11 +105,20 @@ def load_sparsify(
     path: str | os.PathLike,
     *,
     hookpoint: str | None = None,
-    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+    hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
     processing: Mapping[str, bool] | None = None,
     model_name: str | None = None,
+    model: Any = None,
 ) -> Transcoder:
     """One sparsify hookpoint folder as a :class:`Transcoder` for a TransformerLens model.
+
+    Hookpoints are Hugging Face module names: ``h.L.mlp`` (GPT-2), ``layers.L.mlp`` (Pythia /
+    GPT-NeoX, Llama, Qwen, Mistral, Gemma; optionally prefixed ``model.`` / ``gpt_neox.``).
+    A transcoder reads the MLP module's input, the MLP-input norm's output ``n(x) * g + b``
+    (Pythia's parallel MLP: ``post_attention_layernorm`` of the block input; Gemma:
+    ``pre_feedforward_layernorm``, ``g = 1 + w``), folded exactly from ``hf_model``. Its output
+    is the MLP module's output; on Gemma that is before ``post_feedforward_layernorm`` and has
+    no exact counterpart at ``hook_mlp_out``: refused.
 
     Args:
         path: the hookpoint folder (``.../h.3.mlp``).
@@ -110,6 +128,8 @@ def load_sparsify(
         processing: weight processing of the target TransformerLens model
             (default: ``from_pretrained``'s: fold_ln, center_writing_weights, center_unembed).
         model_name: recorded in the config (checked against the model on load).
+        model: the processed target model: the source family (``hf_model``'s) and ``d_in`` are
+            checked against it, and its processing and name are used and recorded.
     """
     root = Path(path)
     source = str(root)
@@ -117,6 +137,20 @@ def load_sparsify(
     hookpoint = hookpoint or root.name
     layer, where = parse_hookpoint(hookpoint)
     proc = processing_from(processing)
+    family = module_family(model) if model is not None else None
+    if hf_model is not None:
+        hf_model = WeightSource(hf_model, name=f"{source}: hf_model")
+        check_family(source, "hf_model", hf_model.name, hf_model.family, model)
+        family = hf_model.family or family
+    if model is not None:
+        from tc_circuits.models.model_info import model_signature
+
+        sig = model_signature(model)
+        if "d_in" in raw:
+            check_width(source, "d_in", strict_int(raw["d_in"], "d_in", source), model)
+        proc, model_name = dict(sig["weight_processing"]), model_name or sig["model_name"]
+    if where == "mlp":  # the MLP module's output: before Gemma's post-MLP norm
+        output_site(source, hf_hook(hookpoint, io="output", family=family), family, model)
     if raw.get("activation", "topk") != "topk":
         raise ValueError(f"{source}: sparsify activation {raw['activation']!r} is not supported (only 'topk')")
     for flag in ("embed_skip", "gram_lookup"):
@@ -144,6 +178,11 @@ def load_sparsify(
     b_enc = t["encoder.bias"].double()
     W_dec, b_dec = t["W_dec"].double(), t["b_dec"].double()
     W_skip = t["W_skip"].double().T if skip else None
+    if transcode and where == "mlp_normed":
+        raise ValueError(
+            f"{source}: a transcoder on {hookpoint!r} would map the norm's input to its output; only "
+            f"SAEs on it (its output: our hook_mlp_out) are supported"
+        )
     if transcode and where == "mlp":
         in_site, out_site = Site(layer, "mlp_in"), Site(layer, "mlp_out")
         if hf_model is None:
@@ -164,7 +203,7 @@ def load_sparsify(
     elif transcode:
         raise ValueError(f"{source}: a transcoder on hookpoint {hookpoint!r} (not an MLP) cannot be mapped")
     else:
-        kind = "mlp_out" if where == "mlp" else "resid_post"
+        kind = "mlp_out" if where in ("mlp", "mlp_normed") else "resid_post"
         in_site = out_site = Site(layer, kind)
         if proc["center_writing_weights"]:
             raise ValueError(
@@ -186,7 +225,7 @@ def load_sparsify(
         d_in=d_in, d_out=d_in, n_latents=n,
         input_site=in_site.hook_name, output_site=out_site.hook_name,
         activation="topk", k=int(raw.get("k", 32)), skip=skip,
-        model_name=tl_model_name(model_name), weight_processing=proc,
+        model_name=model_name if model is not None else tl_model_name(model_name), weight_processing=proc,
         extra={"source_format": "sparsify", "hookpoint": hookpoint},
     )
     return build(cfg, tensors, source=source)
@@ -195,18 +234,20 @@ def load_sparsify(
 def load_sparsify_many(
     path: str | os.PathLike,
     *,
-    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+    hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
     processing: Mapping[str, bool] | None = None,
     model_name: str | None = None,
+    model: Any = None,
 ) -> TranscoderSet:
-    """Every hookpoint folder under ``path`` (one per layer) as a :class:`TranscoderSet`."""
+    """Every hookpoint folder under ``path`` (one per layer) as a :class:`TranscoderSet`
+    (the keyword arguments as for :func:`load_sparsify`)."""
     root = Path(path)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
     if not folders:
         raise FileNotFoundError(f"no sparsify hookpoint folders (with {CFG_FILE}) in {root}")
     out = TranscoderSet()
     for folder in folders:
-        tc = load_sparsify(folder, hf_model=hf_model, processing=processing, model_name=model_name)
+        tc = load_sparsify(folder, hf_model=hf_model, processing=processing, model_name=model_name, model=model)
         if tc.cfg.layer in out:
             raise ValueError(f"{root}: two sparsify hookpoints map to layer {tc.cfg.layer}")
         out[tc.cfg.layer] = tc
@@ -219,7 +260,7 @@ def save_sparsify(
     transcoders: Transcoder | TranscoderSet | Mapping[int, Transcoder],
     path: str | os.PathLike,
     *,
-    hf_model: nn.Module | Mapping[str, Tensor] | None = None,
+    hf_model: nn.Module | Mapping[str, Tensor] | str | os.PathLike | None = None,
 ) -> Path:
     """Write TopK transcoders / SAEs as sparsify hookpoint folders (``h.L.mlp/`` or ``h.L/``)
     under ``path``, for ``SparseCoder.load_from_disk`` on the Hugging Face model.
@@ -236,8 +277,15 @@ def save_sparsify(
     from tc_circuits.fileio import atomic_write
     from tc_circuits.formats._common import unfold_input_affine
 
+    from tc_circuits.models.norm_gains import has_post_mlp_norm
+
     items = {transcoders.cfg.layer: transcoders} if isinstance(transcoders, Transcoder) else dict(transcoders)
     root = Path(path)
+    if hf_model is not None:
+        hf_model = WeightSource(hf_model, name="hf_model")
+    family = hf_model.family if hf_model is not None else None
+    # sparsify names modules relative to the base model: GPT-2 'h.L', the others 'layers.L'
+    prefix = "h" if family in (None, "gpt2", "gptj") else "layers"
     for layer, tc in sorted(items.items()):
         c = tc.cfg
         if c.activation != "topk":
@@ -253,7 +301,7 @@ def save_sparsify(
                     f"layer {layer}: this SAE reads a centred activation (center_writing_weights); "
                     f"sparsify reads the uncentred HF one, so it cannot be written exactly"
                 )
-            hookpoint = f"h.{layer}.mlp" if c.in_site.kind == "mlp_out" else f"h.{layer}"
+            hookpoint = f"{prefix}.{layer}.mlp" if c.in_site.kind == "mlp_out" else f"{prefix}.{layer}"
             t["b_enc"] = t["b_enc"] + t["b_dec"] @ t["W_enc"]  # sparsify encodes x - b_dec
             transcode = False
         else:
@@ -265,9 +313,15 @@ def save_sparsify(
                     f"layer {layer}: sparsify's h.{layer}.mlp reads HF's ln_2 output n(x) * w + b; pass "
                     f"hf_model= (the HF model or its state dict) so w and b can be unfolded exactly"
                 )
+            if has_post_mlp_norm(family):
+                raise ValueError(
+                    f"layer {layer}: sparsify's layers.{layer}.mlp transcoders predict the MLP output "
+                    f"before Gemma's post_feedforward_layernorm; ours write blocks.{layer}.hook_mlp_out, "
+                    f"after it, which cannot be converted exactly"
+                )
             w, b = ln2_weights(hf_model, layer)
             t = unfold_input_affine(t, w, b, source=f"layer {layer}")
-            hookpoint, transcode = f"h.{layer}.mlp", True
+            hookpoint, transcode = f"{prefix}.{layer}.mlp", True
         dtype = tc.W_enc.dtype
         tensors = {"encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
         if "W_skip" in t:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tc_circuits.coders.hashing import transcoder_hash
+from tc_circuits.coders.hashing import hash_matches, transcoder_hash
 from tc_circuits.models.provenance import model_provenance
 
 #: Recorded transcoder config fields compared when a graph carries no content hashes.
@@ -72,7 +72,7 @@ def transcoder_mismatches(graph: Any, transcoders: Mapping[int, Any]) -> list[st
             )
             continue
         want = info.get("content_hash")
-        if want and transcoder_hash(tc) != want:
+        if want and not hash_matches(tc, str(want)):
             problems.append(f"layer {L}: content hash {transcoder_hash(tc)} differs from the recorded {want}")
     return problems
 

@@ -1,0 +1,134 @@
+"""How close the transposed pass is to its matmul floor, at a real dictionary size.
+
+GPT-2-small-shaped random model (12 layers, d 768), TopK skip transcoders with 24,576 latents,
+k 32, 10 logit targets, ``max_feature_nodes`` rows, batch 64. One attribution with the
+transposed pass instrumented: the ``d_model x d_model`` matmuls it runs (``W_skip``, ``W_O``,
+``W_V``, over live (row, position) pairs and the rank-one rows) are counted in FLOPs, next to
+what the dense pass (every row over every position and layer up to the batch's top) would run.
+The floor is those FLOPs at the rate this process gets from one plain ``[4096, 768] x [768, 768]``
+float32 matmul. Times are CPU seconds of this process (``time.process_time``, 1 thread), which
+a loaded machine inflates less than wall time.
+
+    python bench/bench_attribution_flops.py [--tokens 64] [--rows 1024] [--threads 1]
+
+writes ``bench/results/attribution_flops.md``. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def matmul_rate(repeats: int = 20) -> float:
+    a, w = torch.randn(4096, 768), torch.randn(768, 768)
+    for _ in range(3):
+        a @ w
+    c0 = time.process_time()
+    for _ in range(repeats):
+        a @ w
+    return 2 * 4096 * 768 * 768 * repeats / (time.process_time() - c0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rows", type=int, default=1024, help="max_feature_nodes")
+    ap.add_argument("--latents", type=int, default=24576)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attribution_flops.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import tc_circuits.attribution.adjoint_kernels as kz
+    import tc_circuits.attribution.linearise as lz
+    from bench_attribution import GPT2, build
+    from tc_circuits.attribution import Target, attribute
+
+    model, tcs, tokens = build(dict(GPT2, n_latents=args.latents), args.tokens, 32, "cpu")
+    tokens[0] = 0
+    with torch.no_grad():
+        logits = model(tokens[None])[0, -1]
+    V = model.cfg.d_vocab
+    tgts = []
+    for t in torch.topk(logits, 10).indices.tolist():
+        d = torch.full((V,), -1.0 / V)
+        d[t] += 1.0
+        tgts.append(Target(direction=d, label=str(t), token_id=t))
+
+    def run():
+        return attribute(model, tcs, tokens, targets=tgts, max_feature_nodes=args.rows, batch_size=64,
+                         progress=False, check_exactness=False)
+
+    run()  # warm-up (first-call costs are not what this measures)
+    d = model.cfg.d_model
+    count = {"done": 0.0, "dense": 0.0, "vjp_cpu": 0.0}
+    rows_mm, attn, vjp = kz.rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp
+
+    def rows_matmul(x, W, live):
+        count["done"] += 2 * (x.shape[0] if live is None else live.numel()) * W.shape[0] * W.shape[1]
+        return rows_mm(x, W, live)
+
+    def attn_adjoint(self, L, g, live=None, single=None):
+        B, P, _ = g.shape
+        n = B * P if live is None else live.numel()
+        n1 = 0 if single is None else single[0].numel()
+        count["done"] += 2 * 2 * (n + n1) * d * d
+        return attn(self, L, g, live, single)
+
+    def timed_vjp(self, layers, positions, vectors):
+        B, P = int(layers.shape[0]), int(positions.max()) + 1
+        top = min(int(layers.max()), self.n_layers - 1) + 1
+        skips = sum(1 for L in range(top) if L in self.transcoders and self.transcoders[L].W_skip is not None)
+        count["dense"] += 2 * B * P * d * d * (2 * top + skips)
+        c0 = time.process_time()
+        for item in vjp(self, layers, positions, vectors):
+            c1 = time.process_time()
+            count["vjp_cpu"] += c1 - c0
+            yield item
+            c0 = time.process_time()
+        count["vjp_cpu"] += time.process_time() - c0
+
+    kz.rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp = rows_matmul, attn_adjoint, timed_vjp
+    c0 = time.process_time()
+    g = run()
+    total = time.process_time() - c0
+    kz.rows_matmul, lz.LinearisedModel._attn_adjoint, lz.LinearisedModel.vjp = rows_mm, attn, vjp
+    rate = matmul_rate()
+    floor = count["done"] / rate
+    load = os.getloadavg()
+    lines = [
+        "# Attribution: the transposed pass vs its matmul floor",
+        "",
+        f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()} CPU, load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} shared cores (CPU seconds of this "
+        "process). GPT-2-small-shaped random model, 12 layers, TopK skip transcoders "
+        f"{args.latents} latents k 32, {args.tokens} tokens, 10 logit targets, {args.rows} feature rows, batch 64. "
+        "Generated by `python bench/bench_attribution_flops.py`.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| graph (warm call), CPU s | {total:.2f} |",
+        f"| transposed pass (all batches), CPU s | {count['vjp_cpu']:.2f} |",
+        f"| its `d x d` matmul work, GFLOP | {count['done'] / 1e9:.0f} |",
+        f"| the same pass without skipping dead (row, position) pairs, GFLOP | {count['dense'] / 1e9:.0f} |",
+        f"| plain `[4096, 768] x [768, 768]` matmul rate here, GFLOP/s | {rate / 1e9:.0f} |",
+        f"| matmul floor of the pass (its GFLOP at that rate), s | {floor:.2f} |",
+        f"| transposed pass / its floor | {count['vjp_cpu'] / floor:.2f} |",
+        f"| whole graph / floor of the pass | {total / floor:.2f} |",
+        f"| edges | {g.n_edges:,} |",
+    ]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
