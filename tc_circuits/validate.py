@@ -138,7 +138,10 @@ def load_safetensors(path: str | os.PathLike, what: str = "safetensors file", *,
         raise FileNotFoundError(f"{what} missing: {path}")
     size = path.stat().st_size
     if size < 8:
-        raise ValueError(f"{what} {path} is {'empty' if size == 0 else 'truncated'} ({size} bytes); expected a safetensors file")
+        raise ValueError(
+            f"{what} {path} is {'empty' if size == 0 else 'corrupted or truncated'} ({size} bytes); "
+            "expected a safetensors file"
+        )
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}

@@ -313,3 +313,26 @@ def test_clt_attribution_on_every_family(tmp_path):
             new = intervene(model, clt, toks, [iv], mode="frozen", recompute_features=False).logits[-1]
             delta = float(tgt.direction.double() @ (pre(new) - pre(base)))
             assert delta == pytest.approx(-float(A[t, j]), abs=1e-8), fam.name
+
+
+def test_load_checks_content_hash_and_finite_weights(tmp_path):
+    """A CLT file with one flipped weight fails its recorded content hash; a file whose
+    weights hold NaN (written without a hash) is refused naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from tc_circuits.validate import ChecksumError, NonFiniteError
+
+    model = make_tiny_model(n_layers=2)
+    clt = make_clt(model)
+    path = clt.save(tmp_path / "clt")
+    f = path / "clt.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-3] ^= 0x10  # a bit of the last tensor's data
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError, match="content check"):
+        CrossLayerTranscoder.load(path)
+    tensors = load_file(str(f))
+    tensors["W_enc"][0, 0] = float("nan")
+    save_file(tensors, str(f))  # no hash recorded: the finiteness check still runs
+    with pytest.raises(NonFiniteError, match="W_enc"):
+        CrossLayerTranscoder.load(path)

@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Float
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from tc_circuits.coders.activations import ACTIVATIONS, apply_activation
@@ -49,6 +48,7 @@ from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 from tc_circuits.fileio import atomic_write_many
 from tc_circuits.models.model_info import model_signature
 from tc_circuits.models.sites import Site
+from tc_circuits.validate import CHECKSUM_KEY, check_finite, load_safetensors, tensors_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -366,11 +366,13 @@ class CrossLayerTranscoder(nn.Module):
         """Write ``clt_cfg.json`` + ``clt.safetensors`` into folder ``path``, atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": str(FORMAT_VERSION), "kind": "cross_layer_transcoder"}
+        tensors = self.state_tensors()
+        meta = {"format_version": str(FORMAT_VERSION), "kind": "cross_layer_transcoder",
+                CHECKSUM_KEY: tensors_digest(tensors)}
         cfg_json = json.dumps({"format_version": FORMAT_VERSION, **self.cfg.to_dict()}, indent=2, sort_keys=True)
         atomic_write_many(
             {
-                path / CLT_WEIGHTS_NAME: lambda p: save_file(self.state_tensors(), p, metadata=meta),
+                path / CLT_WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata=meta),
                 path / CLT_CONFIG_NAME: lambda p: Path(p).write_text(cfg_json),
             }
         )
@@ -394,10 +396,10 @@ class CrossLayerTranscoder(nn.Module):
             cfg = CLTConfig.from_dict(raw)
         except (ValueError, TypeError) as err:
             raise ValueError(f"corrupted or invalid CLT config {cfg_path}: {err}") from err
-        try:
-            tensors = load_file(str(weights_path), device=str(device))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"corrupted or truncated safetensors file {weights_path}: {err}") from err
+        # clear errors for empty / garbled files, the content hash (files written since it was
+        # recorded), and NaN / infinite weights: as Transcoder.load
+        tensors = load_safetensors(weights_path, "CLT weights", device=str(device))
+        check_finite(tensors, str(weights_path))
         dtype = tensors["W_enc"].dtype if "W_enc" in tensors else torch.float32
         clt = cls(cfg, dtype=dtype).to(device)
         clt.load_tensors(tensors, source=str(weights_path))
