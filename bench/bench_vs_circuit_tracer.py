@@ -34,6 +34,7 @@ OURS_PY = ROOT / ".venv" / "bin" / "python"
 PEER_PY = ROOT / ".venv-peers" / "bin" / "python"
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _family_cases  # noqa: E402  (gemma2-shape / llama3-shape: a fake offline Hub snapshot)
 from _mem import peak_rss_mb  # noqa: E402
 
 
@@ -44,6 +45,8 @@ def prepare(case: dict, workdir: Path) -> None:
 
     from tc_circuits.formats import save_circuit_tracer
 
+    if case["model"] in _family_cases.CASE_MODELS:
+        return _family_cases.prepare(case, workdir)
     if case["model"] == "organism":
         from tc_circuits.organism import load_organism, load_organism_transcoders
 
@@ -104,13 +107,16 @@ def run_ours(workdir: Path, job: dict) -> dict:
     from tc_circuits.attribution import Target, attribute
     from tc_circuits.formats import load_circuit_tracer
 
-    model = HookedTransformer(_cfg(workdir))
-    model.load_state_dict(torch.load(workdir / "model.pt"))
-    model.eval()
-    from tc_circuits.models.model_info import weight_processing
+    if _family_cases.is_family(workdir):
+        model, tcs = _family_cases.load_ours(workdir)
+    else:
+        model = HookedTransformer(_cfg(workdir))
+        model.load_state_dict(torch.load(workdir / "model.pt"))
+        model.eval()
+        from tc_circuits.models.model_info import weight_processing
 
-    tcs = load_circuit_tracer(workdir / "tcs", processing=weight_processing(model))
-    model.cfg.model_name = tcs[0].cfg.model_name  # the bench model is rebuilt from its cfg; same weights
+        tcs = load_circuit_tracer(workdir / "tcs", processing=weight_processing(model))
+        model.cfg.model_name = tcs[0].cfg.model_name  # the bench model is rebuilt from its cfg; same weights
     inp = torch.load(workdir / "inputs.pt")
     V = model.cfg.d_vocab
     tgts = []
@@ -138,15 +144,43 @@ def run_ours(workdir: Path, job: dict) -> dict:
 
 def run_ct(workdir: Path, job: dict) -> dict:
     import torch
-    import yaml
     from circuit_tracer import attribute
+
+    inp = torch.load(workdir / "inputs.pt")
+    if _family_cases.is_family(workdir):
+        model = _family_cases.load_ct(workdir)
+    else:
+        model = _ct_rebuilt(workdir, inp)
+
+    def run():
+        return attribute(inp["tokens"], model, attribution_targets=inp["targets"],
+                         max_feature_nodes=job["max_feature_nodes"], batch_size=job["batch"], verbose=False)
+
+    base = peak_rss_mb()
+    g, dt, warm, dc, warm_cpu = _timed(run, job)
+    A = g.adjacency_matrix
+    out = {"seconds": dt, "seconds_warm": warm, "cpu_seconds": dc, "cpu_seconds_warm": warm_cpu,
+           "peak_rss_mb": peak_rss_mb(),
+           "rss_growth_mb": peak_rss_mb() - base,
+           "edges": int((A != 0).sum()), "active": int(g.active_features.shape[0]),
+           "expanded": int(g.selected_features.shape[0])}
+    if job.get("dump"):
+        torch.save({"A": A, "active": g.active_features, "selected": g.selected_features,
+                    "n_pos": int(inp["tokens"].shape[0]), "n_layers": model.cfg.n_layers,
+                    "targets": inp["targets"]}, job["dump"])
+    return out
+
+
+def _ct_rebuilt(workdir: Path, inp: dict):
+    """circuit-tracer's model rebuilt from the bench model's cfg + weights, with TopK transcoders."""
+    import torch
+    import yaml
     from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
     from circuit_tracer.transcoder import TranscoderSet
     from circuit_tracer.transcoder.activation_functions import TopK
     from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder
     from safetensors.torch import load_file
 
-    inp = torch.load(workdir / "inputs.pt")
     conf = yaml.safe_load((workdir / "tcs" / "config.yaml").read_text())
     layers = {}
     for L, name in enumerate(conf["transcoders"]):
@@ -184,23 +218,7 @@ def run_ct(workdir: Path, job: dict) -> dict:
             return " ".join(map(str, ids if isinstance(ids, list) else [ids]))
 
     model.tokenizer = Tok()
-    def run():
-        return attribute(inp["tokens"], model, attribution_targets=inp["targets"],
-                         max_feature_nodes=job["max_feature_nodes"], batch_size=job["batch"], verbose=False)
-
-    base = peak_rss_mb()
-    g, dt, warm, dc, warm_cpu = _timed(run, job)
-    A = g.adjacency_matrix
-    out = {"seconds": dt, "seconds_warm": warm, "cpu_seconds": dc, "cpu_seconds_warm": warm_cpu,
-           "peak_rss_mb": peak_rss_mb(),
-           "rss_growth_mb": peak_rss_mb() - base,
-           "edges": int((A != 0).sum()), "active": int(g.active_features.shape[0]),
-           "expanded": int(g.selected_features.shape[0])}
-    if job.get("dump"):
-        torch.save({"A": A, "active": g.active_features, "selected": g.selected_features,
-                    "n_pos": int(inp["tokens"].shape[0]), "n_layers": model.cfg.n_layers,
-                    "targets": inp["targets"]}, job["dump"])
-    return out
+    return model
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -262,6 +280,8 @@ def compare(ours_path: Path, ct_path: Path) -> dict:
 # ----------------------------------------------------------------------------- driver
 def side(py: Path, which: str, workdir: Path, job: dict, threads: int, mem_gib: float, timeout: float | None = None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if which == "ct":
+        env.update(_family_cases.hub_env(workdir))
     cmd = [str(py), __file__, "--side", which, "--workdir", str(workdir), "--job", json.dumps(job),
            "--threads", str(threads), "--mem-gib", str(mem_gib)]
     t0 = time.perf_counter()
@@ -297,7 +317,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--warm", type=int, default=2, help="extra in-process calls per side run (best one reported as warm)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per side run; slower runs are killed")
-    ap.add_argument("--cases", help="JSON list of cases (overrides the built-in ones)")
+    ap.add_argument("--cases", help="JSON list of cases (overrides the built-in ones), or comma-separated "
+                    f"preset names: {', '.join(_family_cases.NAMED)}")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "vs_circuit_tracer.md"))
     args = ap.parse_args()
     if args.side:
@@ -315,7 +336,10 @@ def main() -> None:
                               "seconds_to_error": time.perf_counter() - t0,
                               "peak_rss_mb": peak_rss_mb()}))
         return
-    cases = json.loads(args.cases) if args.cases else (CASES_QUICK if args.quick else CASES_FULL)
+    if args.cases and not args.cases.lstrip().startswith("["):  # preset names
+        cases = [c for name in args.cases.split(",") for c in _family_cases.NAMED[name.strip()]]
+    else:
+        cases = json.loads(args.cases) if args.cases else (CASES_QUICK if args.quick else CASES_FULL)
     rows = []
     for case in cases:
         with tempfile.TemporaryDirectory() as tmp:
