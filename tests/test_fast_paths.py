@@ -18,6 +18,16 @@ def _dense(graph) -> dict[tuple[int, int], float]:
     return out
 
 
+def _assert_same_edges(g1, g2) -> None:
+    """Both graphs have the same (target, source) edges with equal weights (float64 tolerance)."""
+    a, b = _dense(g1), _dense(g2)
+    assert set(a) == set(b)
+    keys = sorted(a)
+    wa = torch.tensor([a[k] for k in keys], dtype=torch.float64)
+    wb = torch.tensor([b[k] for k in keys], dtype=torch.float64)
+    torch.testing.assert_close(wa, wb, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("activation", ["topk", "relu"])  # relu: uneven features per position
 def test_position_batched_feature_edges_equal_reference(monkeypatch, activation):
     model = make_model64()
@@ -27,12 +37,7 @@ def test_position_batched_feature_edges_equal_reference(monkeypatch, activation)
     fast = attribute(model, tcs, tokens, batch_size=5, progress=False)
     monkeypatch.setattr(engine, "_FAST_FEATURE_EDGES", False)
     ref = attribute(model, tcs, tokens, batch_size=5, progress=False)
-    a, b = _dense(fast), _dense(ref)
-    assert set(a) == set(b)
-    keys = sorted(a)
-    wa = torch.tensor([a[k] for k in keys], dtype=torch.float64)
-    wb = torch.tensor([b[k] for k in keys], dtype=torch.float64)
-    torch.testing.assert_close(wa, wb, rtol=1e-10, atol=1e-12)
+    _assert_same_edges(fast, ref)
     assert len(fast.edge_weight) == len(ref.edge_weight)  # no duplicate or padding edges
 
 
@@ -243,8 +248,4 @@ def test_attribute_skipping_zero_rows_equals_dense(monkeypatch):
     fast = attribute(model, tcs, tokens, batch_size=7, progress=False)
     monkeypatch.setattr(kz, "_SKIP_ZERO_ROWS", False)
     dense = attribute(model, tcs, tokens, batch_size=7, progress=False)
-    a, b = _dense(fast), _dense(dense)
-    assert set(a) == set(b)
-    keys = sorted(a)
-    torch.testing.assert_close(torch.tensor([a[k] for k in keys], dtype=torch.float64),
-                               torch.tensor([b[k] for k in keys], dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    _assert_same_edges(fast, dense)
