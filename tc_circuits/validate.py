@@ -191,6 +191,29 @@ def read_json_object(path: str | os.PathLike, what: str, required: tuple[str, ..
     return data
 
 
+def read_checkpoint_config(
+    folder: str | os.PathLike, config_name: str, weights_name: str, what: str
+) -> tuple[dict[str, Any], Path]:
+    """``(config JSON object, weights path)`` of a checkpoint folder, with clear errors.
+
+    Both files must exist (``FileNotFoundError`` naming the missing one); the config must
+    parse as a JSON object (``ValueError`` "corrupted ..." naming it). ``what`` names the
+    format in messages (``"transcoder checkpoint"``, ``"SAELens"``).
+    """
+    folder = Path(folder)
+    config_path, weights_path = folder / config_name, folder / weights_name
+    for f in (config_path, weights_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"{what} file missing: {f}")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupted {what} config {config_path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"corrupted {what} config {config_path}: expected a JSON object, got {type(raw).__name__}")
+    return raw, weights_path
+
+
 # --------------------------------------------------------------------------- paths
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -283,6 +306,7 @@ __all__ = [
     "finite_float",
     "load_safetensors",
     "memory_budget_bytes",
+    "read_checkpoint_config",
     "read_json_object",
     "safe_join",
     "save_safetensors",

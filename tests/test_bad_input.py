@@ -879,3 +879,16 @@ def test_check_finite_fast_sum_never_hides_or_invents_a_bad_value():
     t[2], t[5] = float("inf"), float("-inf")  # inf + -inf: the sum is NaN, still caught
     with pytest.raises(NonFiniteError, match="0 NaN and 2 infinite"):
         check_finite({"W": t}, "t")
+
+
+def test_read_checkpoint_config_names_the_missing_or_corrupted_file(tmp_path: Path) -> None:
+    (tmp_path / "cfg.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(FileNotFoundError, match=r"demo file missing: .*w\.safetensors"):
+        validate.read_checkpoint_config(tmp_path, "cfg.json", "w.safetensors", "demo")
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    raw, weights = validate.read_checkpoint_config(tmp_path, "cfg.json", "w.safetensors", "demo")
+    assert raw == {"a": 1} and weights == tmp_path / "w.safetensors"
+    for text in ('{"a": ', "[1, 2]", "\udcff"):
+        (tmp_path / "cfg.json").write_text(text, errors="surrogateescape")
+        with pytest.raises(ValueError, match=r"corrupted demo config .*cfg\.json"):
+            validate.read_checkpoint_config(tmp_path, "cfg.json", "w.safetensors", "demo")

@@ -48,7 +48,7 @@ from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 from tc_circuits.fileio import atomic_write_many
 from tc_circuits.models.model_info import model_signature
 from tc_circuits.models.sites import Site
-from tc_circuits.validate import CHECKSUM_KEY, check_finite, load_safetensors, tensors_digest
+from tc_circuits.validate import CHECKSUM_KEY, check_finite, load_safetensors, read_checkpoint_config, tensors_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -383,19 +383,12 @@ class CrossLayerTranscoder(nn.Module):
         cls, path: str | os.PathLike, *, model: HookedTransformer | None = None, device: str | torch.device = "cpu"
     ) -> CrossLayerTranscoder:
         """Load a checkpoint folder; with ``model``, also check it fits that model."""
-        path = Path(path)
-        cfg_path, weights_path = path / CLT_CONFIG_NAME, path / CLT_WEIGHTS_NAME
-        for f in (cfg_path, weights_path):
-            if not f.is_file():
-                raise FileNotFoundError(f"CLT checkpoint file missing: {f}")
+        raw, weights_path = read_checkpoint_config(path, CLT_CONFIG_NAME, CLT_WEIGHTS_NAME, "CLT checkpoint")
+        raw.pop("format_version", None)
         try:
-            raw = json.loads(cfg_path.read_text())
-            if not isinstance(raw, dict):
-                raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-            raw.pop("format_version", None)
             cfg = CLTConfig.from_dict(raw)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"corrupted or invalid CLT config {cfg_path}: {err}") from err
+            raise ValueError(f"invalid CLT config {Path(path) / CLT_CONFIG_NAME}: {err}") from err
         # clear errors for empty / garbled files, the content hash (files written since it was
         # recorded), and NaN / infinite weights: as Transcoder.load
         tensors = load_safetensors(weights_path, "CLT weights", device=str(device))

@@ -41,6 +41,7 @@ from tc_circuits.validate import (
     check_finite,
     finite_float,
     load_safetensors,
+    read_checkpoint_config,
     CHECKSUM_KEY,
     tensors_digest,
     strict_bool,
@@ -395,19 +396,12 @@ class Transcoder(nn.Module):
         device: str | torch.device = "cpu",
     ) -> Transcoder:
         """Load a checkpoint folder; with ``model``, also check it fits that model."""
-        path = Path(path)
-        cfg_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_path, weights_path):
-            if not f.is_file():
-                raise FileNotFoundError(f"transcoder checkpoint file missing: {f}")
+        raw, weights_path = read_checkpoint_config(path, CONFIG_NAME, WEIGHTS_NAME, "transcoder checkpoint")
+        raw.pop("format_version", None)
         try:
-            raw = json.loads(cfg_path.read_text())
-            if not isinstance(raw, dict):
-                raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-            raw.pop("format_version", None)
             cfg = TranscoderConfig.from_dict(raw)
-        except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
-            raise ValueError(f"corrupted or invalid transcoder config {cfg_path}: {err}") from err
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"invalid transcoder config {Path(path) / CONFIG_NAME}: {err}") from err
         tensors = load_safetensors(weights_path, "transcoder weights", device=str(device))
         check_finite(tensors, str(weights_path))
         dtype = tensors["W_enc"].dtype if "W_enc" in tensors else torch.float32

@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tc_circuits.fileio import atomic_write
-from tc_circuits.validate import strict_int
+from tc_circuits.validate import read_checkpoint_config, strict_int
 from tc_circuits.formats._common import (
     build,
     check_shape,
@@ -98,16 +98,8 @@ def load_saelens(
     ``model.layers.L.pre_feedforward_layernorm.output``), whose gain folds into the encoder.
     """
     root = Path(path)
-    cfg_path, w_path = root / CFG_FILE, root / WEIGHTS_FILE
-    for f in (cfg_path, w_path):
-        if not f.is_file():
-            raise FileNotFoundError(f"SAELens file missing: {f}")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupted {cfg_path}: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(raw).__name__}")
+    raw, w_path = read_checkpoint_config(root, CFG_FILE, WEIGHTS_FILE, "SAELens")
+    cfg_path = root / CFG_FILE
     source = str(root)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

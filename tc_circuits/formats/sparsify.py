@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from tc_circuits.validate import strict_bool, strict_int
+from tc_circuits.validate import read_checkpoint_config, strict_bool, strict_int
 from tc_circuits.formats._common import (
     build,
     check_shape,
@@ -87,15 +87,9 @@ def ln2_weights(hf_model: Any, layer: int) -> tuple[Tensor, Tensor]:
 
 
 def _read(root: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    cfg_path, w_path = root / CFG_FILE, root / WEIGHTS_FILE
-    for f in (cfg_path, w_path):
-        if not f.is_file():
-            raise FileNotFoundError(f"sparsify file missing: {f}")
+    raw, w_path = read_checkpoint_config(root, CFG_FILE, WEIGHTS_FILE, "sparsify")
     try:
-        raw = json.loads(cfg_path.read_text())
         t = load_file(str(w_path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"corrupted {cfg_path}: {err}") from err
     except (SafetensorError, OSError) as err:
         raise ValueError(f"corrupted or truncated safetensors file {w_path}: {err}") from err
     return raw, t
