@@ -336,3 +336,15 @@ def test_load_checks_content_hash_and_finite_weights(tmp_path):
     save_file(tensors, str(f))  # no hash recorded: the finiteness check still runs
     with pytest.raises(NonFiniteError, match="W_enc"):
         CrossLayerTranscoder.load(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"n_layers": 3.0}, "n_layers"), ({"skip": "no"}, "skip"), ({"k": 2.5}, "k"), ({"input_kind": 3}, "input_kind"),
+     ({"bogus": 1}, "unknown CLT config keys"), ({"k": 10_000}, "k must be in")],
+)
+def test_clt_config_from_dict_is_strict_like_the_transcoders(change: dict, message: str) -> None:
+    good = CLTConfig(n_layers=3, d_in=8, d_out=8, n_latents=16, k=4).to_dict()
+    assert CLTConfig.from_dict(dict(good)) == CLTConfig(n_layers=3, d_in=8, d_out=8, n_latents=16, k=4)
+    with pytest.raises(ValueError, match=message):
+        CLTConfig.from_dict({**good, **change})

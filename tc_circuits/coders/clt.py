@@ -29,21 +29,21 @@ checks as ``Transcoder`` on load (names, shapes, model name, d_model, weight pro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from tc_circuits.coders.activations import ACTIVATIONS, apply_activation
+from tc_circuits.coders.activations import apply_activation
+from tc_circuits.coders.config_base import CoderConfigMixin
 from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 from tc_circuits.fileio import atomic_write_many
 from tc_circuits.models.model_info import model_signature
@@ -59,7 +59,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class CLTConfig:
+class CLTConfig(CoderConfigMixin):
     """Shape, activation and provenance of a cross-layer transcoder."""
 
     n_layers: int
@@ -93,15 +93,10 @@ class CLTConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (training config, source format, ...)."""
 
+    WHAT: ClassVar[str] = "CLT config"
+
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_in", "d_out", "n_latents"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}")
-        if self.activation == "topk" and (self.k is None or not 1 <= self.k <= self.n_latents):
-            raise ValueError(f"k must be in [1, n_latents={self.n_latents}] for TopK, got k={self.k!r}")
+        self._check_common()
         Site(0, self.input_kind)  # validates the kinds (ValueError naming a bad one)
         Site(0, self.output_kind)
 
@@ -119,21 +114,6 @@ class CLTConfig:
             model_d_model=self.model_d_model, weight_processing=dict(self.weight_processing),
             extra={"cross_layer": True},
         )
-
-    def replace(self, **changes: Any) -> CLTConfig:
-        """A copy with ``changes`` applied (the original is never mutated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CLTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown CLT config keys: {sorted(unknown)}")
-        return cls(**data)
 
     @classmethod
     def for_model(cls, model: HookedTransformer, n_latents: int, *, skip: bool = True, **kwargs: Any) -> CLTConfig:

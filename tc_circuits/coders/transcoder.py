@@ -19,33 +19,30 @@ Checkpoints are a folder with ``cfg.json`` and ``weights.safetensors``, written 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from tc_circuits.coders.activations import ACTIVATIONS, apply_activation
+from tc_circuits.coders.activations import apply_activation
+from tc_circuits.coders.config_base import CoderConfigMixin
 from tc_circuits.fileio import atomic_write_many
 from tc_circuits.models.model_info import model_signature
 from tc_circuits.models.sites import Site
 from tc_circuits.validate import (
     check_dtype_matches,
     check_finite,
-    finite_float,
     load_safetensors,
     read_checkpoint_config,
     CHECKSUM_KEY,
     tensors_digest,
-    strict_bool,
-    strict_int,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +54,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class TranscoderConfig:
+class TranscoderConfig(CoderConfigMixin):
     """Shape, activation and provenance of a transcoder."""
 
     d_in: int
@@ -89,21 +86,10 @@ class TranscoderConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (training config, source format, ...)."""
 
+    WHAT: ClassVar[str] = "transcoder config"
+
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_out", "n_latents"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        _check_field_types(dataclasses.asdict(self))
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {self.activation!r}; expected one of {ACTIVATIONS}"
-            )
-        if self.activation == "topk":
-            if self.k is None or not 1 <= self.k <= self.n_latents:
-                raise ValueError(
-                    f"k must be in [1, n_latents={self.n_latents}] for TopK, got k={self.k!r}"
-                )
+        self._check_common()
         # Validates both hook names (raises ValueError naming a bad one) and records them by
         # their HookedTransformer names, so a checkpoint names its sites the same on every
         # backend (a TransformerBridge's canonical names are accepted too).
@@ -129,22 +115,6 @@ class TranscoderConfig:
     def is_sae(self) -> bool:
         """True when input and output site coincide."""
         return self.input_site == self.output_site
-
-    def replace(self, **changes: Any) -> TranscoderConfig:
-        """A copy with ``changes`` applied (the original is never mutated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TranscoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown transcoder config keys: {sorted(unknown)}")
-        _check_field_types(data)  # before the constructor: clear messages for JSON values
-        return cls(**data)
 
     @classmethod
     def for_model(
@@ -179,34 +149,6 @@ class TranscoderConfig:
             weight_processing=sig["weight_processing"],
             **kwargs,
         )
-
-
-def _check_field_types(d: dict[str, Any], src: str = "transcoder config") -> None:
-    """JSON types of the config fields: bools are bools (``"no"`` is not), ints are not floats."""
-    for name in ("d_in", "d_out", "n_latents"):
-        if name in d:
-            strict_int(d[name], name, src, minimum=1)
-    if "skip" in d:
-        strict_bool(d["skip"], "skip", src)
-    if d.get("k") is not None:
-        strict_int(d["k"], "k", src)
-    for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
-        if name in d:
-            finite_float(d[name], name, src)
-    if d.get("model_d_model") is not None:
-        strict_int(d["model_d_model"], "model_d_model", src, minimum=1)
-    for name in ("input_site", "output_site", "activation"):
-        if name in d and not isinstance(d[name], str):
-            raise ValueError(f"{src}: {name} must be a string, got {d[name]!r}")
-    if d.get("model_name") is not None and not isinstance(d["model_name"], str):
-        raise ValueError(f"{src}: model_name must be a string or null, got {d['model_name']!r}")
-    wp = d.get("weight_processing", {})
-    if not isinstance(wp, dict):
-        raise ValueError(f"{src}: weight_processing must be an object of bools, got {wp!r}")
-    for key, value in wp.items():
-        strict_bool(value, f"weight_processing[{key!r}]", src)
-    if not isinstance(d.get("extra", {}), dict):
-        raise ValueError(f"{src}: extra must be an object, got {d.get('extra')!r}")
 
 
 class TranscoderOutput(NamedTuple):
