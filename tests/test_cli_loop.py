@@ -433,3 +433,56 @@ def test_budget_problems_each_condition():
             cfg.check_budget()
         with pytest.raises(ValueError, match="strict"):
             cfg.replace(strict=True).check_budget()
+
+
+def test_cross_layer_train_then_attribute_and_evaluate(gpt2_dirs, tmp_path, capsys):
+    """``train --cross-layer`` writes a CLT that ``attribute`` and ``evaluate`` take by folder."""
+    from tc_circuits.coders.clt import CrossLayerTranscoder
+
+    model_dir, data_dir = gpt2_dirs
+    run_dir = tmp_path / "clt_run"
+    base = ["train", "--model", str(model_dir), "--dataset", str(data_dir), "--seq-len", "32", "--n-latents", "32",
+            "--k", "4", "--batch-size", "256", "--total-tokens", "4096", "--buffer-tokens", "512", "--warmup-steps",
+            "2", "--lr", "1e-3", "--dead-tokens-threshold", "1024", "--log-every", "4", "--no-progress",
+            "--out-dir", str(run_dir)]
+    for extra, message in [(["--resume"], "--resume"), (["--kind", "sae"], "--kind sae"),
+                           (["--layers", "1"], "drop --layers 1")]:
+        rc, _, err = run_cli([*base, "--cross-layer", *extra], capsys)
+        assert rc == 2 and message in err, err
+    assert not (run_dir / "clt").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc, out, err = run_cli([*base, "--cross-layer", "--eval-sequences", "8"], capsys)
+    assert rc == 0, err
+    assert "cross-layer transcoder written to" in out and "held-out evaluation:" in out
+    clt = CrossLayerTranscoder.load(run_dir / "clt")
+    assert clt.cfg.n_layers == 2 and clt.cfg.k == 4 and clt.cfg.skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["kind"] == "cross_layer_transcoder" and 0 < metrics["layers"]["1"]["fvu"] < 0.5
+    rc, _, err = run_cli([*base, "--cross-layer"], capsys)  # the folder holds a run now
+    assert rc == 2 and "already holds a training run" in err
+
+    # the CLT is named by its folder everywhere: an exact graph, and the same held-out numbers
+    gdir = tmp_path / "g"
+    rc, out, err = run_cli(["attribute", "--model", str(model_dir), "--transcoders", str(run_dir / "clt"),
+                            "--prompt", "The war lasted from the", "--out", str(gdir), "--no-progress",
+                            "--dtype", "float64"], capsys)
+    assert rc == 0, err
+    g = AttributionGraph.load(gdir)
+    rows = g.nodes.expanded.nonzero().squeeze(1)
+    sums = torch.zeros(len(g.nodes), dtype=torch.float64).index_add_(0, g.edge_target, g.edge_weight.double())
+    assert torch.allclose(sums[rows], g.nodes.value[rows].double(), rtol=1e-9, atol=1e-9)
+    f = int(g.indices_of("feature")[0])
+    spec = f"L{int(g.nodes.layer[f])}:{int(g.nodes.latent[f])}@{int(g.nodes.pos[f])}"
+    rc, out, err = run_cli(["intervene", str(gdir), "--ablate", spec, "--json"], capsys)  # recorded CLT found
+    assert rc == 0, err
+    rc, out, err = run_cli(["view", str(gdir), "--out", str(tmp_path / "v.html"), "--no-progress"], capsys)
+    assert rc == 0 and (tmp_path / "v.html").is_file(), err
+    rc, out, err = run_cli(["evaluate", "--model", str(model_dir), "--transcoders", str(run_dir / "clt"), "--dataset",
+                            str(data_dir), "--seq-len", "32", "--sequences", "8", "--out-dir", str(tmp_path / "ev"),
+                            "--no-progress"], capsys)
+    assert rc == 0, err
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    trained = json.loads((run_dir / "evaluation.json").read_text())
+    for a, b in zip(ev["rows"], trained["rows"]):
+        assert a["delta_ce"] == pytest.approx(b["delta_ce"], rel=1e-5, abs=1e-7)

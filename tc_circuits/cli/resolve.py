@@ -113,11 +113,15 @@ def transcoder_spec(opts: ModelOptions) -> str:
 def load_transcoders_from(spec: str, model: Any, *, dtype: str = "float32", hf_model: Any = None) -> Any:
     """Load dictionaries ``spec`` (an organism kind or a checkpoint path) checked against ``model``.
 
+    Per-layer dictionaries come back as a ``TranscoderSet``; a cross-layer transcoder (ours or
+    circuit-tracer's) as its per-layer views ``{layer: CLTLayer}``, which every command takes too.
+
     ``hf_model``: the model's unprocessed weights (its local Hugging Face folder), for files that
     read the MLP input after the norm's gain (sparsify, circuit-tracer ``mlp.hook_in``, GemmaScope 2).
     """
     import torch
 
+    from tc_circuits.coders.clt import CrossLayerTranscoder
     from tc_circuits.coders.transcoder import Transcoder, TranscoderSet
 
     if spec in ORGANISM_KINDS and not Path(spec).exists():
@@ -144,6 +148,11 @@ def load_transcoders_from(spec: str, model: Any, *, dtype: str = "float32", hf_m
             if fmt != "circuit-tracer" or not is_circuit_tracer_clt(path):
                 kwargs["hf_model"] = hf_model
         loaded = load_any(path, format=fmt, **kwargs)
+        if isinstance(loaded, CrossLayerTranscoder):  # one dictionary over every layer
+            from tc_circuits.evaluation.splice import as_transcoder_dict
+
+            loaded.check_compatible(model)
+            return as_transcoder_dict(loaded.to(device=next(model.parameters()).device, dtype=getattr(torch, dtype)))
         tcs = TranscoderSet({loaded.cfg.layer: loaded}) if isinstance(loaded, Transcoder) else TranscoderSet(loaded)
         for tc in tcs.values():
             tc.check_compatible(model)

@@ -8,6 +8,9 @@ Hugging Face folder; ``--device`` is the config's); tokens come from the organis
 evaluation of what it trained (``OUT_DIR/evaluation.{json,md}``; ``--eval-sequences 0`` skips
 it): organism corpus at another seed, or the last rows of ``--dataset``, kept out of training.
 Under ``torchrun --nproc_per_node N -m tc_circuits train ...`` training is data-parallel (gloo).
+``--cross-layer`` trains one cross-layer transcoder over every layer instead (``--n-latents``
+and ``--k`` per layer; written to ``OUT_DIR/clt``, which ``--transcoders`` then names); it has
+no resume or data parallel yet.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class TrainRunOptions:
     """Held-out sequences for the final evaluation (0 = none)."""
     eval_seed: int = 12345
     """Seed of the organism corpus stream for the final evaluation (must differ from --seed)."""
+    cross_layer: bool = False
+    """Train one cross-layer transcoder over every layer (writes OUT_DIR/clt; no --resume, no torchrun)."""
 
     def __post_init__(self) -> None:
         if self.eval_sequences < 0:
@@ -97,19 +102,43 @@ def train(
         from tc_circuits.validate import check_writable
 
         check_writable(cfg.out_dir, what="training out folder")  # before loading anything
+    if run_opts.cross_layer:
+        _check_cross_layer(cfg, run_opts)
     model = load_model_from(replace(model_opts, device=cfg.device))
     source, held = _token_source(model, model_opts, data, cfg, run_opts.eval_sequences)
-    result = train_transcoders(model, source, cfg, resume=run_opts.resume, progress=run_opts.progress,
-                               overwrite=run_opts.overwrite)
+    if run_opts.cross_layer:
+        from tc_circuits.evaluation.splice import as_transcoder_dict
+        from tc_circuits.training.clt_trainer import train_clt
+
+        result = train_clt(model, source, cfg, progress=run_opts.progress, overwrite=run_opts.overwrite)
+        dictionaries = as_transcoder_dict(result.clt)
+    else:
+        result = train_transcoders(model, source, cfg, resume=run_opts.resume, progress=run_opts.progress,
+                                   overwrite=run_opts.overwrite)
+        dictionaries = result.transcoders
     report = None
     if run_opts.eval_sequences and dist_info().is_main:
         if held is None:
             held = eval_batches(model, data, is_organism=True, seed=run_opts.eval_seed,
                                 sequences=run_opts.eval_sequences)
-        report = evaluate_dictionaries(model, result.transcoders, held)
+        report = evaluate_dictionaries(model, dictionaries, held)
         if cfg.out_dir is not None:
             report.info["files"] = {k: str(v) for k, v in report.save(cfg.out_dir).items()}
     return result, report
+
+
+def _check_cross_layer(cfg: TrainConfig, run_opts: TrainRunOptions) -> None:
+    """What ``--cross-layer`` cannot do yet, refused before anything is loaded."""
+    from tc_circuits.training.distributed import dist_info
+
+    if run_opts.resume:
+        raise ValueError("--cross-layer has no checkpoints to --resume from yet; start a new run")
+    if dist_info().world_size > 1:
+        raise ValueError("--cross-layer does not train data-parallel yet; run it without torchrun")
+    if cfg.kind == "sae":
+        raise ValueError("--cross-layer reads each MLP's input and writes every later MLP output: --kind sae is not one")
+    if cfg.layers:
+        raise ValueError(f"--cross-layer spans every layer; drop --layers {' '.join(map(str, cfg.layers))}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,9 +150,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out-dir is required (where checkpoints and transcoders are written)")
     started = init_from_env()
     try:
+        run_opts = dataclass_from_args(TrainRunOptions, args)
         try:
             result, report = train(cfg, dataclass_from_args(ModelOptions, args), dataclass_from_args(DataOptions, args),
-                                   dataclass_from_args(TrainRunOptions, args))
+                                   run_opts)
         except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM: a final checkpoint was written
             print(f"tc-circuits train: {stop}", file=sys.stderr)
             return 130
@@ -135,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
             if report is not None:
                 print("\nheld-out evaluation:")
                 print(report.to_markdown())
-            print(f"transcoders written to {cfg.out_dir}/transcoders")
+            if run_opts.cross_layer:
+                print(f"cross-layer transcoder written to {cfg.out_dir}/clt")
+            else:
+                print(f"transcoders written to {cfg.out_dir}/transcoders")
     finally:
         if started:
             import torch.distributed as dist

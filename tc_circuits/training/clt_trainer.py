@@ -33,6 +33,8 @@ Adam training holds 4 float32 copies, i.e. ``16 n d N (N + 1) / 2`` bytes of dec
 O(N^2 n d) (see :mod:`tc_circuits.coders.clt`). Activations per step: ``2 N B d`` buffer rows
 plus the dense ``[B, n]`` pre-activations of one layer at a time.
 
+The out folder is guarded as the per-layer trainer's is: a lock (one run per folder), another
+run's outputs refused unless ``overwrite``, writability and free space checked before training.
 Not (yet) supported here: data-parallel training, intermediate checkpoints and resume (the
 per-layer :class:`~tc_circuits.training.trainer.Trainer` has them).
 """
@@ -54,9 +56,11 @@ from tc_circuits.coders.clt import CLTConfig, CrossLayerTranscoder
 from tc_circuits.coders import losses
 from tc_circuits.coders.losses import _SparseEncodeDecode, centered_sum_sq, step_fn
 from tc_circuits.fileio import atomic_write
+from tc_circuits.validate import check_writable
 from tc_circuits.training.activation_store import ActivationStore
 from tc_circuits.training.config import TrainConfig
 from tc_circuits.training.data import as_token_factory
+from tc_circuits.training.guard import OutDirLock, prepare_out_dir
 from tc_circuits.training.trainer import LayerMetrics, close_window
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,8 +113,12 @@ def _auxk(
 class CLTTrainer:
     """Trains one :class:`CrossLayerTranscoder` over every layer of ``model`` (see the module doc)."""
 
-    def __init__(self, model: HookedTransformer, token_factory: Any, cfg: TrainConfig, *, progress: bool = True):
+    def __init__(
+        self, model: HookedTransformer, token_factory: Any, cfg: TrainConfig, *, progress: bool = True,
+        overwrite: bool = False,
+    ):
         self.model, self.cfg, self.progress = model, cfg, progress
+        self._lock: OutDirLock | None = None
         cfg.check_budget()  # warnings (or, strict, an error) for budgets that cannot work, as the trainer
         N = int(model.cfg.n_layers)
         if cfg.kind == "sae":
@@ -124,12 +132,25 @@ class CLTTrainer:
         )
         self.clt = CrossLayerTranscoder(clt_cfg, seed=cfg.seed).to(device)
         self.N = N
+        if cfg.out_dir is not None:  # before any training: one run per folder, writable, room for the CLT
+            check_writable(cfg.out_dir, what="training out folder")
+            self._lock = OutDirLock(cfg.out_dir)
+            try:
+                n_params = sum(p.numel() for p in self.clt.parameters())
+                prepare_out_dir(cfg.out_dir, resume=False, overwrite=overwrite, need_bytes=int(1.1 * 4 * n_params))
+            except BaseException:
+                self._release()
+                raise
         views = self.clt.layers()
-        self.store = ActivationStore(
-            model, {L: (v.cfg.input_site, v.cfg.output_site) for L, v in views.items()},
-            as_token_factory(token_factory), batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens,
-            exclude_bos=cfg.exclude_bos, seed=cfg.seed, device=device, prefetch=cfg.prefetch,
-        )
+        try:
+            self.store = ActivationStore(
+                model, {L: (v.cfg.input_site, v.cfg.output_site) for L, v in views.items()},
+                as_token_factory(token_factory), batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens,
+                exclude_bos=cfg.exclude_bos, seed=cfg.seed, device=device, prefetch=cfg.prefetch,
+            )
+        except BaseException:
+            self._release()
+            raise
         self.optimizer = torch.optim.Adam(self.clt.parameters(), lr=cfg.lr_at(0))
         n = cfg.n_latents
         self.since_fired = [torch.zeros(n, dtype=torch.long, device=device) for _ in range(N)]
@@ -137,8 +158,18 @@ class CLTTrainer:
         self.metrics: dict[int, LayerMetrics] = {}
         self.step = 0
         self.tokens_seen = 0
-        outs = self.store.buffer_outputs()
-        self.clt.init_from_data([outs[L] for L in range(N)])
+        try:
+            outs = self.store.buffer_outputs()
+            self.clt.init_from_data([outs[L] for L in range(N)])
+        except BaseException:
+            self.store.close()
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ----------------------------------------------------------------- one step
     def _encode_decode(self, L: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
@@ -239,27 +270,32 @@ class CLTTrainer:
                 if self.step % cfg.log_every == 0 or self.step == total:
                     self._close_window()
                     bar.set_postfix_str(self._postfix(), refresh=False)
+            self._close_window()
+            self.clt.eval()
+            if cfg.out_dir is not None:
+                out = Path(cfg.out_dir)
+                self.clt.save(out / "clt")
+                metrics = {
+                    "steps": self.step, "tokens_seen": self.tokens_seen,
+                    "layers": {str(k): dataclasses.asdict(v) for k, v in self.metrics.items()},
+                    "config": cfg.to_dict(), "kind": "cross_layer_transcoder",
+                }
+                atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
         finally:
             self.store.close()  # the background fill runs the model: stop it before anyone else does
             bar.close()
-        self._close_window()
-        self.clt.eval()
-        if cfg.out_dir is not None:
-            out = Path(cfg.out_dir)
-            self.clt.save(out / "clt")
-            metrics = {
-                "steps": self.step, "tokens_seen": self.tokens_seen,
-                "layers": {str(k): dataclasses.asdict(v) for k, v in self.metrics.items()},
-                "config": cfg.to_dict(), "kind": "cross_layer_transcoder",
-            }
-            atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+            self._release()
         return CLTTrainResult(self.clt, dict(self.metrics), self.step, self.tokens_seen)
 
 
-def train_clt(model: HookedTransformer, token_source_factory: Any, cfg: TrainConfig, *, progress: bool = True) -> CLTTrainResult:
+def train_clt(
+    model: HookedTransformer, token_source_factory: Any, cfg: TrainConfig, *, progress: bool = True,
+    overwrite: bool = False,
+) -> CLTTrainResult:
     """Train a cross-layer transcoder over every layer of ``model``; see :class:`CLTTrainer`.
 
     ``cfg.kind``: ``"skip_transcoder"`` (a skip at every layer) or ``"transcoder"``;
-    ``cfg.n_latents`` and ``cfg.k`` are *per layer* (TopK per layer).
+    ``cfg.n_latents`` and ``cfg.k`` are *per layer* (TopK per layer). ``cfg.out_dir`` holding
+    another run is refused unless ``overwrite`` (which deletes that run's outputs first).
     """
-    return CLTTrainer(model, token_source_factory, cfg, progress=progress).run()
+    return CLTTrainer(model, token_source_factory, cfg, progress=progress, overwrite=overwrite).run()

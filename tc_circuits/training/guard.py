@@ -26,7 +26,7 @@ from tc_circuits.validate import check_writable
 
 LOCK_NAME = ".tc_circuits.lock"
 #: What a finished or interrupted run leaves in its out folder.
-RUN_OUTPUTS = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "transcoders", "metrics.json",
+RUN_OUTPUTS = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "transcoders", "clt", "metrics.json",
                "evaluation.json", "evaluation.md")
 
 
