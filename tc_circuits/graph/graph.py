@@ -322,7 +322,7 @@ class AttributionGraph:
         """
         node_mask = node_mask.bool()
         new_index = torch.full((self.n_nodes,), -1, dtype=self.edge_target.dtype)
-        new_index[node_mask] = torch.arange(int(node_mask.sum()))
+        new_index[node_mask] = torch.arange(int(node_mask.sum()), dtype=new_index.dtype)
         keep = node_mask[self.edge_target.long()] & node_mask[self.edge_source.long()]
         if edge_mask is not None:
             keep &= edge_mask.bool()
