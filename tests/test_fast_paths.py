@@ -249,3 +249,63 @@ def test_attribute_skipping_zero_rows_equals_dense(monkeypatch):
     monkeypatch.setattr(kz, "_SKIP_ZERO_ROWS", False)
     dense = attribute(model, tcs, tokens, batch_size=7, progress=False)
     _assert_same_edges(fast, dense)
+
+
+def _float32(model, tcs):
+    model.cfg.dtype = torch.float32
+    model.to(torch.float32)
+    for tc in tcs.values():
+        tc.to(torch.float32)
+    return model, tcs
+
+
+@pytest.mark.parametrize("case", ["full64", "partial64", "partial32", "clt", "no_check"])
+def test_preallocated_edge_sink_equals_list_reference(monkeypatch, case):
+    """Edge for edge the same graph (order, indices, weights), expanded set and exactness numbers."""
+    from clt_helpers import make_clt
+
+    model = make_model64()
+    tcs = make_clt(model) if case == "clt" else make_transcoders(model)
+    if case == "partial32":
+        model, tcs = _float32(model, tcs)
+    kw = dict(batch_size=3, progress=False)
+    if case.startswith("partial"):
+        kw.update(max_feature_nodes=11, update_interval=1)  # several re-rankings
+    if case == "no_check":
+        kw.update(check_exactness=False)
+    tokens = torch.randint(0, 50, (9,), generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(engine, "_PREALLOCATED_EDGES", False)
+    ref = attribute(model, tcs, tokens, **kw)
+    monkeypatch.setattr(engine, "_PREALLOCATED_EDGES", True)
+    fast = attribute(model, tcs, tokens, **kw)
+    assert fast.edge_target.dtype == torch.int32 and ref.edge_target.dtype == torch.int64
+    assert torch.equal(fast.edge_target.long(), ref.edge_target)
+    assert torch.equal(fast.edge_source.long(), ref.edge_source)
+    assert fast.edge_weight.dtype == ref.edge_weight.dtype and torch.equal(fast.edge_weight, ref.edge_weight)
+    assert torch.equal(fast.nodes.expanded, ref.nodes.expanded)
+    if case.startswith("partial"):
+        assert 0 < int(fast.nodes.expanded[fast.indices_of("feature")].sum()) == 11
+    for key in ("exactness_max_abs_dev", "exactness_max_rel_dev"):
+        assert fast.metadata.get(key) == ref.metadata.get(key)  # the same sums, to the bit
+    assert torch.equal(fast.row_sums(), ref.row_sums())
+
+
+def test_edge_sink_grows_past_its_capacity_and_compacts():
+    from tc_circuits.attribution.edge_sink import EdgeSink, ListEdgeSink
+
+    gen = torch.Generator().manual_seed(0)
+    fast, ref = EdgeSink(50, capacity=7), ListEdgeSink()
+    for _ in range(5):
+        w = torch.randn(4, 6, generator=gen) * (torch.rand(4, 6, generator=gen) > 0.3)
+        rows, cols = torch.randperm(50, generator=gen)[:4], torch.randperm(50, generator=gen)[:6]
+        fast.add(rows, cols, w)
+        ref.add(rows, cols, w)
+    n = len(fast)
+    t, s, w = fast.tensors()
+    rt, rs, rw = ref.tensors()
+    assert n == rt.numel() > 7 and t.dtype == torch.int32
+    assert torch.equal(t.long(), rt) and torch.equal(s.long(), rs) and torch.equal(w, rw)
+    assert t.untyped_storage().nbytes() == 4 * n  # compacted to the edge count
+    want = torch.zeros(50, dtype=torch.float64).index_add_(0, rt, rw.double())
+    assert torch.equal(fast.row_sum, want)
+    assert torch.equal(fast.row_abs, torch.zeros(50, dtype=torch.float64).index_add_(0, rt, rw.double().abs()))

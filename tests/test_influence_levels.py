@@ -7,8 +7,8 @@ import torch
 from attribution_helpers import make_model64, make_transcoders
 
 from tc_circuits.attribution import attribute
-from tc_circuits.attribution.feature_edges import EdgeSink
-from tc_circuits.attribution.ranking import InfluenceRanker, node_levels
+from tc_circuits.attribution.edge_sink import EdgeSink, ListEdgeSink
+from tc_circuits.attribution.ranking import InfluenceRanker, InfluenceRankerReference, node_levels
 from tc_circuits.graph.influence import normalized_weights, propagate_influence, propagate_influence_by_level
 
 
@@ -54,16 +54,29 @@ def test_incremental_ranker_equals_recompute_on_an_engine_graph():
     level = node_levels(g.n_nodes, g.nodes.layer[feats].long(), tgt0, model.cfg.n_layers)
     seed_v = g.seed_weights().double()
     ref = propagate_influence(g.edge_target, g.edge_source, normalized_weights(g.edge_target, g.edge_weight, g.n_nodes), seed_v)
-    # feed the graph's rows to a sink in three groups of whole rows, ranking after each
-    sink = EdgeSink()
-    ranker = InfluenceRanker(sink, level, seed_v)
+    # feed the graph's rows to each sink in three groups of whole rows, ranking after each
+    fast_sink = EdgeSink(g.n_nodes, 0, torch.float64, level=level)
+    ref_sink = ListEdgeSink()
+    rankers = [InfluenceRanker(fast_sink, level, seed_v), InfluenceRankerReference(ref_sink, level, seed_v)]
     rows = g.edge_target.unique()
-    for part in rows.tensor_split(3):
+    for i, part in enumerate(rows.tensor_split(3)):
         m = torch.isin(g.edge_target, part)
-        sink.t.append(g.edge_target[m]); sink.s.append(g.edge_source[m]); sink.w.append(g.edge_weight[m])
-        got = ranker.influence()
-        sub = torch.isin(g.edge_target, torch.cat([p for p in rows.tensor_split(3)][: len(sink.w)]))
+        fast_sink.add_edges(g.edge_target[m], g.edge_source[m], g.edge_weight[m])
+        ref_sink.t.append(g.edge_target[m]); ref_sink.s.append(g.edge_source[m]); ref_sink.w.append(g.edge_weight[m])
+        got, got_ref = (r.influence() for r in rankers)
+        assert torch.equal(got, got_ref)  # the same products in the same order
+        sub = torch.isin(g.edge_target, torch.cat(rows.tensor_split(3)[: i + 1]))
         want = propagate_influence(g.edge_target[sub], g.edge_source[sub],
                                    normalized_weights(g.edge_target[sub], g.edge_weight[sub], g.n_nodes), seed_v)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_ranker_refuses_an_edge_against_the_levels():
+    t, s, w, seed_v, level = _random_dag()
+    sink = EdgeSink(level.numel(), 0, torch.float64, level=level)
+    sink.add_edges(s, t, w)  # reversed edges
+    with pytest.raises(ValueError, match="lower to a higher level"):
+        InfluenceRanker(sink, level, seed_v).influence()
+    with pytest.raises(ValueError, match="level=... and sums=True"):
+        InfluenceRanker(EdgeSink(level.numel()), level, seed_v)

@@ -21,9 +21,12 @@ Phases (also logged):
 3. feature rows in batches: all active features, or the ``max_feature_nodes`` most
    influential ones, re-ranked by estimated influence every ``update_interval`` batches;
 4. assemble: COO edges + node table -> :class:`AttributionGraph`, then the exactness check
-   (sum of incoming edges == value from the real forward pass, for every expanded node).
+   (sum of incoming edges == value from the real forward pass, for every expanded node; the
+   sums are accumulated in float64 as the edges arrive, :mod:`tc_circuits.attribution.edge_sink`).
 
-No node x node matrix is ever built: memory grows with the number of (non-zero) edges.
+No node x node matrix is ever built: memory grows with the number of (non-zero) edges, 12 bytes
+per float32 edge (int32 target and source indices), written once into buffers sized by the
+structural bound of :mod:`tc_circuits.attribution.memory`.
 """
 
 from __future__ import annotations
@@ -42,16 +45,16 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tc_circuits.attribution.edge_sink import EdgeSink, ListEdgeSink
 from tc_circuits.attribution.feature_edges import (
-    EdgeSink,
     PositionLayout,
     feature_edges,
     feature_edges_reference,
     position_layout,
 )
 from tc_circuits.attribution.linearise import LinearisedModel
-from tc_circuits.attribution.ranking import InfluenceRanker, node_levels
-from tc_circuits.attribution.memory import bytes_per_edge, estimate_attribution_memory, fitting_feature_nodes
+from tc_circuits.attribution.ranking import InfluenceRanker, InfluenceRankerReference, node_levels
+from tc_circuits.attribution.memory import edge_bound, estimate_attribution_memory, fitting_feature_nodes
 from tc_circuits.attribution.memory import gb as mem_gb
 from tc_circuits.attribution.targets import Target, encode_direction, resolve_targets, warn_unknown_tokens
 from tc_circuits.graph.graph import AttributionGraph, NodeTable
@@ -65,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: Use the position-batched feature-edge fast path (False: the plain reference; for tests/benchmarks).
 _FAST_FEATURE_EDGES = True
+#: Write edges into preallocated int32 buffers with running row sums (False: the reference
+#: list-of-pieces sink, concatenated at the end, and its ranker; for tests/benchmarks).
+_PREALLOCATED_EDGES = True
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class _Layout:
 def _compute_rows(
     lin: LinearisedModel,
     lay: _Layout,
-    sink: EdgeSink,
+    sink: EdgeSink | ListEdgeSink,
     row_nodes: Tensor,
     layers: Tensor,
     positions: Tensor,
@@ -326,7 +332,17 @@ def attribute(
     read = D @ W_U.T  # [T, d_model]: read-out vectors at the final LN output
     real_vals = ((lin.final_ln_out[tpos_t.to(dev)] * read).sum(-1) + D @ b_U).cpu()
     const_vals = ((zero.final_ln_out[tpos_t.to(dev)] * read).sum(-1) + D @ b_U).to(lin.embed.dtype).cpu()
-    sink = EdgeSink()
+    f = lin.features
+    n_expand = lin.n_features if max_feature_nodes is None else min(max_feature_nodes, lin.n_features)
+    ranking = n_expand < lin.n_features
+    level = node_levels(lay.n, f.layer, lay.tgt0, lin.n_layers)
+    if _PREALLOCATED_EDGES:
+        sink = EdgeSink(
+            lay.n, edge_bound(lin, tpos, n_expand), lin.embed.dtype,
+            level=level if ranking else None, sums=bool(check_exactness) or ranking,
+        )
+    else:
+        sink = ListEdgeSink()
     layouts: dict[int, PositionLayout] | None = {} if _FAST_FEATURE_EDGES else None
     T = len(tgts)
     for a in range(0, T, batch_size):
@@ -339,17 +355,16 @@ def attribute(
 
     # ---------------------------------------------------------------- phase 3
     t2 = time.perf_counter()
-    f = lin.features
-    n_expand = lin.n_features if max_feature_nodes is None else min(max_feature_nodes, lin.n_features)
     log(f"phase 3: feature rows ({n_expand} of {lin.n_features} features, batch {batch_size})")
     visited = torch.zeros(lin.n_features, dtype=torch.bool)
     seed = torch.zeros(lay.n, dtype=torch.float64)
     seed[lay.tgt0:] = torch.tensor([t.weight for t in tgts], dtype=torch.float64)
-    ranker = InfluenceRanker(sink, node_levels(lay.n, f.layer, lay.tgt0, lin.n_layers), seed)
+    if ranking:
+        ranker = (InfluenceRanker if _PREALLOCATED_EDGES else InfluenceRankerReference)(sink, level, seed)
     bar = tqdm(total=n_expand, desc="feature rows", disable=not progress, leave=False)
     n_done = 0
     while n_done < n_expand:
-        if n_expand == lin.n_features:
+        if not ranking:
             pending = torch.arange(lin.n_features)
         else:
             infl = ranker.influence()[: lin.n_features]
@@ -386,8 +401,11 @@ def attribute(
     t3 = time.perf_counter()
     log("phase 4: assemble")
     nodes = _node_table(lin, lay, tgts, tpos, real_vals, visited)
-    et, es, ew = sink.tensors()
-    del sink  # frees the per-batch pieces before the exactness check (memory.py counts on it)
+    et, es, ew = sink.tensors()  # the fast sink hands its buffers over (no copy when large)
+    sums = (sink.row_sum, sink.row_abs) if isinstance(sink, EdgeSink) and sink.sums else None
+    del sink  # frees the reference sink's pieces before the exactness check (memory.py counts on it)
+    if ranking:
+        del ranker
     graph = AttributionGraph(
         nodes=nodes,
         edge_target=et,
@@ -407,7 +425,7 @@ def attribute(
             exactness_tol = default_exactness_tol(lin.embed.dtype)
             if backend.is_bridge(model):  # Hugging Face norms compute in float32 whatever the dtype
                 exactness_tol = max(exactness_tol, EXACTNESS_TOL[torch.float32])
-        dev_abs, dev_rel = exactness_deviation(graph)
+        dev_abs, dev_rel = exactness_deviation(graph, sums)
         graph.metadata["exactness_max_abs_dev"] = dev_abs
         graph.metadata["exactness_max_rel_dev"] = dev_rel
         if not dev_rel <= exactness_tol:  # NaN deviations fail too
@@ -445,10 +463,9 @@ def _fit_memory(lin, tpos, max_feature_nodes, batch_size, budget, max_memory) ->
             UserWarning, stacklevel=3,
         )
         return int(fit)
-    wbytes = torch.finfo(lin.embed.dtype).bits // 8
     target_edges = est.edges - int(rows[:n_expand].sum())
     spare = budget - est.cache_bytes - est.batch_bytes  # at the requested batch size
-    fit_nodes = fitting_feature_nodes(rows, spare // bytes_per_edge(wbytes) - target_edges)
+    fit_nodes = fitting_feature_nodes(rows, spare // est.bytes_per_edge - target_edges)
     where = "max_memory" if max_memory is not None else "0.8 x the available RAM"
     raise AttributionMemoryError(
         f"this graph is estimated to need {mem_gb(est.total)} ({est.edges:,} edges: {mem_gb(est.edge_bytes)}; "
@@ -458,18 +475,23 @@ def _fit_memory(lin, tpos, max_feature_nodes, batch_size, budget, max_memory) ->
     )
 
 
-def exactness_deviation(graph: AttributionGraph) -> tuple[float, float]:
+def exactness_deviation(graph: AttributionGraph, sums: tuple[Tensor, Tensor] | None = None) -> tuple[float, float]:
     """``(max abs, max relative)`` deviation of row sums from node values over expanded nodes.
 
-    The relative deviation divides by ``1 + sum_j |edge_ij| + |value_i|``.
+    The relative deviation divides by ``1 + sum_j |edge_ij| + |value_i|``. ``sums``: the
+    float64 ``(row sums, absolute row sums)`` per node when already known (the engine's sink
+    accumulates them, in edge order: the same numbers); None computes them from the edges.
     """
     exp = graph.nodes.expanded
     if not bool(exp.any()):
         return 0.0, 0.0
-    sums = graph.row_sums()
-    abs_sums = torch.zeros(graph.n_nodes, dtype=torch.float64).index_add_(
-        0, graph.edge_target.long(), graph.edge_weight.double().abs()
-    )
+    if sums is None:
+        sums = graph.row_sums()
+        abs_sums = torch.zeros(graph.n_nodes, dtype=torch.float64).index_add_(
+            0, graph.edge_target, graph.edge_weight.double().abs()
+        )
+    else:
+        sums, abs_sums = sums
     val = graph.nodes.value.double()
     dev = (sums - val).abs()[exp]
     rel = dev / (1 + abs_sums[exp] + val.abs()[exp])

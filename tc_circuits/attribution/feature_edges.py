@@ -1,4 +1,4 @@
-"""Reading feature edges off the transposed pass's gradient, and the COO edge sink.
+"""Reading feature edges off the transposed pass's gradient (into an edge sink, :mod:`~tc_circuits.attribution.edge_sink`).
 
 For a batch of ``B`` rows the transposed pass yields ``g = d row / d mlp_out_L``, shape
 ``[B, P, d]``; the edge from feature ``s`` at ``(L, p)`` is ``a_s W_dec[s] . g[:, p]``. A
@@ -22,29 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tc_circuits.attribution.edge_sink import EdgeSink, ListEdgeSink  # EdgeSink re-exported: its old home
 from tc_circuits.attribution.linearise import LinearisedModel
-
-
-class EdgeSink:
-    """Accumulates COO edges (target, source, weight), dropping exact zeros."""
-
-    def __init__(self) -> None:
-        self.t: list[Tensor] = []
-        self.s: list[Tensor] = []
-        self.w: list[Tensor] = []
-
-    def add(self, row_nodes: Tensor, col_nodes: Tensor, w: Tensor) -> None:
-        b, c = torch.nonzero(w, as_tuple=True)
-        if b.numel():
-            self.t.append(row_nodes[b.cpu()])
-            self.s.append(col_nodes[c.cpu()])
-            self.w.append(w[b, c].cpu())
-
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        if not self.w:
-            e = torch.zeros(0, dtype=torch.int64)
-            return e, e.clone(), torch.zeros(0)
-        return torch.cat(self.t), torch.cat(self.s), torch.cat(self.w)
 
 
 class PositionLayout(NamedTuple):
@@ -80,7 +59,7 @@ def _reads(lin: LinearisedModel, L: int, grads: Tensor | dict[int, Tensor]) -> l
 
 
 def feature_edges_reference(
-    lin: LinearisedModel, L: int, grads: Tensor | dict[int, Tensor], row_nodes: Tensor, sink: EdgeSink
+    lin: LinearisedModel, L: int, grads: Tensor | dict[int, Tensor], row_nodes: Tensor, sink: EdgeSink | ListEdgeSink
 ) -> None:
     """Plain reference: gather ``g`` at every feature's position, chunk by chunk."""
     f, dev = lin.features, lin.device
@@ -107,7 +86,7 @@ def feature_edges(
     L: int,
     grads: Tensor | dict[int, Tensor],
     row_nodes: Tensor,
-    sink: EdgeSink,
+    sink: EdgeSink | ListEdgeSink,
     layout: PositionLayout,
 ) -> None:
     """Fast path: one batched matmul over positions, ``w[:, p, :] = g[:, p, :] @ (a W_dec)[p]^T``.

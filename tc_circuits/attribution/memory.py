@@ -1,17 +1,20 @@
 """Memory estimate of an attribution graph, made before the rows are computed.
 
-The engine stores one COO edge ``(target int64, source int64, weight)`` per non-zero direct
-effect. A source can only reach a row through the causal frozen model, so the edges of a row
+The engine stores one COO edge ``(target int32, source int32, weight)`` per non-zero direct
+effect (:class:`~tc_circuits.attribution.edge_sink.EdgeSink`; int64 indices past 2^31 nodes). A source can only reach a row through the causal frozen model, so the edges of a row
 are bounded by its *structural* sources: a feature or error at layer ``L' < L`` and position
 ``q <= p`` for a feature row at ``(L, p)``; every layer for a logit target; the embeddings /
 positions at ``q <= p``; the constant. That bound is tight for full graphs (softmax patterns
 and dense decoders make almost every structural edge non-zero), and the largest
 ``max_feature_nodes`` row counts bound a partial graph.
 
-Peak bytes per edge: the per-batch pieces plus their concatenation (``2 x (16 + w)`` bytes)
-and the float64 row sums of the exactness check and index temporaries (20 bytes), i.e. 60 B
-for float32 weights (measured: 58 B per edge on full organism graphs).
-A batch of transposed passes holds about ``BATCH_BUFFERS`` ``[batch, pos, d_model]`` buffers.
+Peak bytes per edge: the buffers the edges are written into once, ``2 x 4 + w`` bytes (12 B for
+float32 weights); graphs whose edges take at most ``COMPACT_BYTES`` are copied to their exact
+size at the end, one column at a time (``+ max(4, w)`` bytes per edge then). Per node: the
+float64 row sums and absolute row sums (the exactness check and the influence ranker read them)
+and the ranker's influence vectors. A batch of transposed passes holds about ``BATCH_BUFFERS``
+``[batch, pos, d_model]`` buffers, plus the temporaries of one block of edges being written
+(at most ``PIECE_ENTRIES`` entries: the dense block, its non-zero indices, the gathered nodes).
 The linearised model's own cache (attention patterns ``n_layers x heads x pos^2``, the
 per-layer activations) is counted too. ``docs/guarantees.md`` compares the estimate with
 measured peaks.
@@ -24,9 +27,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tc_circuits.attribution.edge_sink import COMPACT_BYTES, index_dtype
+
 #: ``[batch, pos, d_model]`` buffers alive at once in one batch of transposed passes
 #: (gradient, LN adjoint, attention read-outs, skip path and their layout copies).
 BATCH_BUFFERS = 8
+#: Largest block of candidate edges written at once (``feature_edges`` chunks its positions so
+#: that ``B x positions x kmax`` stays near ``2^22``), and the bytes each entry takes meanwhile
+#: (the dense block and its masked copy, two int64 non-zero indices, the gathered target and
+#: source nodes, the weight and its float64 copy for the row sums).
+PIECE_ENTRIES = 1 << 22
+PIECE_BYTES = 64
+#: float64 vectors per node: row sums, absolute row sums, the ranker's influence and seed.
+NODE_VECTORS = 5
 
 
 class MemoryEstimate(NamedTuple):
@@ -35,11 +48,14 @@ class MemoryEstimate(NamedTuple):
     edges: int
     """Upper bound on the number of edges."""
     edge_bytes: int
-    """Peak bytes of the edges (pieces, concatenation, exactness check)."""
+    """Peak bytes of the edges (buffers, final compaction, per-node sums)."""
     batch_bytes: int
     """Bytes of one batch's activations in the transposed pass."""
     cache_bytes: int
     """Bytes of the linearised model's cache (patterns, activations)."""
+
+    bytes_per_edge: int = 12
+    """Bytes per stored edge (without the final compaction)."""
 
     @property
     def total(self) -> int:
@@ -64,6 +80,28 @@ def structural_row_edges(
     return feat_rows, target_rows
 
 
+def _row_bounds(lin, target_positions: list[int]) -> tuple[int, Tensor]:
+    """``(edges of the target rows, descending per-feature-row bounds)``."""
+    f = lin.features
+    feat_rows, target_rows = structural_row_edges(
+        f.layer, f.pos, lin.n_layers, lin.n_pos, bool(lin.has_pos_embed)
+    )
+    sorted_rows = torch.sort(feat_rows, descending=True).values
+    return int(target_rows[torch.tensor(target_positions, dtype=torch.long)].sum()), sorted_rows
+
+
+def edge_bound(lin, target_positions: list[int], n_expand: int) -> int:
+    """Upper bound on the edges of the target rows plus any ``n_expand`` feature rows."""
+    target_edges, sorted_rows = _row_bounds(lin, target_positions)
+    return target_edges + int(sorted_rows[:n_expand].sum())
+
+
+def n_nodes_of(lin, n_targets: int) -> int:
+    """Nodes of the engine's layout: features, errors, embeddings, positions, constant, targets."""
+    P = lin.n_pos
+    return lin.n_features + lin.n_layers * P + P * (2 if lin.has_pos_embed else 1) + 1 + n_targets
+
+
 def estimate_attribution_memory(
     lin, target_positions: list[int], n_expand: int, batch_size: int
 ) -> tuple[MemoryEstimate, Tensor]:
@@ -72,24 +110,24 @@ def estimate_attribution_memory(
     The second value (descending edge bounds of the feature rows) lets the caller find the
     ``max_feature_nodes`` that fits a budget.
     """
-    f = lin.features
-    feat_rows, target_rows = structural_row_edges(
-        f.layer, f.pos, lin.n_layers, lin.n_pos, bool(lin.has_pos_embed)
-    )
-    sorted_rows = torch.sort(feat_rows, descending=True).values
-    edges = int(target_rows[torch.tensor(target_positions, dtype=torch.long)].sum()) + int(sorted_rows[:n_expand].sum())
+    target_edges, sorted_rows = _row_bounds(lin, target_positions)
+    edges = target_edges + int(sorted_rows[:n_expand].sum())
     wbytes = torch.finfo(lin.embed.dtype).bits // 8
-    bpe = bytes_per_edge(wbytes)
+    n_nodes = n_nodes_of(lin, len(target_positions))
+    ibytes = torch.empty(0, dtype=index_dtype(n_nodes)).element_size()
+    bpe = bytes_per_edge(wbytes, ibytes)
+    compact = edges * max(ibytes, wbytes) if edges * bpe <= COMPACT_BYTES else 0
+    edge_bytes = edges * bpe + compact + NODE_VECTORS * 8 * n_nodes
     P, d, L = lin.n_pos, lin.d_model, lin.n_layers
     n_heads = int(lin.patterns[0].shape[0]) if L else 0
-    batch = BATCH_BUFFERS * batch_size * P * d * wbytes
+    batch = BATCH_BUFFERS * batch_size * P * d * wbytes + min(PIECE_ENTRIES, batch_size * n_nodes) * PIECE_BYTES
     cache = L * n_heads * P * P * wbytes + 6 * (L + 1) * P * d * wbytes
-    return MemoryEstimate(edges, edges * bpe, batch, cache), sorted_rows
+    return MemoryEstimate(edges, edge_bytes, batch, cache, bpe), sorted_rows
 
 
-def bytes_per_edge(weight_bytes: int) -> int:
-    """Peak bytes per stored edge (see the module docstring)."""
-    return 2 * (16 + weight_bytes) + 20
+def bytes_per_edge(weight_bytes: int, index_bytes: int = 4) -> int:
+    """Bytes per stored edge: two node indices and the weight (see the module docstring)."""
+    return 2 * index_bytes + weight_bytes
 
 
 def fitting_feature_nodes(sorted_rows: Tensor, budget_edges: int) -> int:

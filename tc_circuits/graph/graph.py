@@ -6,7 +6,9 @@ Nodes are stored in one table (a column of tensors per field) in this order:
      | constant (1) | targets (n_targets)]
 
 Edges are COO triples ``(target_idx, source_idx, weight)``: ``weight`` is the direct effect of
-the source on the target in the linearised model. Rows exist only for *expanded* nodes (all
+the source on the target in the linearised model. Node indices are any integer dtype (the
+engine writes int32 while the node count allows, 8 bytes per edge less than int64; subgraphs
+keep their graph's dtype). Rows exist only for *expanded* nodes (all
 targets and the features whose incoming edges were computed); every other node is a pure
 source. For an expanded node the sum of its incoming edges equals its ``value``.
 
@@ -162,8 +164,11 @@ class AttributionGraph:
         n = len(self.nodes)
         for name in ("edge_target", "edge_source"):
             idx = getattr(self, name)
-            if idx.is_floating_point() or idx.dtype == torch.bool:
+            if idx.is_floating_point() or idx.dtype == torch.bool or idx.is_complex():
                 raise ValueError(f"{name} must hold integer node indices, got dtype {idx.dtype}")
+            if idx.dtype not in (torch.int32, torch.int64):  # index_add_ / indexing take these two
+                idx = idx.long()
+                setattr(self, name, idx)
             if e and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise ValueError(
                     f"{name} holds node index range [{int(idx.min())}, {int(idx.max())}], "
@@ -244,7 +249,7 @@ class AttributionGraph:
     def row_sums(self) -> Float[Tensor, " n"]:
         """Sum of incoming edge weights of every node (0 for unexpanded nodes)."""
         out = torch.zeros(self.n_nodes, dtype=torch.float64)
-        return out.index_add_(0, self.edge_target.long(), self.edge_weight.double())
+        return out.index_add_(0, self.edge_target, self.edge_weight.double())
 
     def exactness_error(self) -> float:
         """Max |row sum - value| over expanded nodes (the built-in exactness identity)."""
@@ -316,8 +321,8 @@ class AttributionGraph:
         equal node values (dropped sources are gone).
         """
         node_mask = node_mask.bool()
-        new_index = torch.full((self.n_nodes,), -1, dtype=torch.int64)
-        new_index[node_mask] = torch.arange(int(node_mask.sum()))
+        new_index = torch.full((self.n_nodes,), -1, dtype=self.edge_target.dtype)
+        new_index[node_mask] = torch.arange(int(node_mask.sum()), dtype=new_index.dtype)
         keep = node_mask[self.edge_target.long()] & node_mask[self.edge_source.long()]
         if edge_mask is not None:
             keep &= edge_mask.bool()
