@@ -11,7 +11,9 @@ with ``out = topk_forward(tc, x).output`` and :func:`~tc_circuits.coders.losses.
 * **one sparse backward for both losses**: the ``rows * k`` main entries and the
   ``rows * k_aux`` AuxK entries are sorted by latent once into one CSR matrix of shape
   ``[n_latents, 2 rows]`` (main rows, then AuxK rows), so ``d W_dec``, ``d W_enc`` and the
-  ``d values`` products are one sparse kernel each (not one per loss plus a gradient add);
+  ``d values`` products are one sparse kernel each (not one per loss plus a gradient add).
+  With few dead latents (``n_dead <= 4 k_aux``, as in ``auxk_loss``) AuxK is instead dense
+  over the dead columns only and added to those columns' gradients;
 * **no dense ``[rows, n_latents]`` gradient** anywhere: ``d W_enc = x^T @ S`` with ``S`` the
   k-sparse pre-activation gradient, ``d W_dec`` only touches selected rows' sums;
 * **a workspace** (:class:`TopKWorkspace`): the ``[rows, n_latents]`` pre-activations and every
@@ -140,42 +142,49 @@ def topk_loss_and_grads(
         k_aux = min(k_base, n_dead)
         scale = min(n_dead / k_base, 1.0)
         dead_idx = dead.nonzero().squeeze(-1)  # type: ignore[union-attr]
-        if k_aux < n_dead:
-            local = pre.index_select(-1, dead_idx).topk(k_aux, dim=-1, sorted=False).indices
-            aidx = dead_idx[local]
-        else:
-            aidx = dead_idx.expand(rows, -1).contiguous()
-        avals = pre.gather(-1, aidx).clamp_min(0)
-        ra = F.embedding_bag(aidx, W_dec, per_sample_weights=avals, mode="sum") - err
+        pre_dead = pre.index_select(-1, dead_idx)
+        local = pre_dead.topk(k_aux, dim=-1, sorted=False).indices if k_aux < n_dead else None
         denom = ev.clamp_min(1e-30)
+        coef = 2 * auxk_alpha * scale / denom
+        if n_dead <= 4 * k_aux:
+            # few dead latents: dense over the dead columns (as auxk_loss), cheaper than sorting rows * k_aux entries
+            act = pre_dead.clamp_min(0)
+            if local is not None:
+                act = act * torch.zeros_like(pre_dead).scatter_(-1, local, 1.0)
+            W_dead = W_dec.index_select(0, dead_idx)
+            ra = act @ W_dead - err
+            aux = ("dense", dead_idx, act, W_dead, ra * coef)
+        else:
+            aidx = dead_idx[local] if local is not None else dead_idx.expand(rows, -1).contiguous()
+            avals = pre.gather(-1, aidx).clamp_min(0)
+            ra = F.embedding_bag(aidx, W_dec, per_sample_weights=avals, mode="sum") - err
+            aux = ("sparse", aidx, avals, ra * coef)
         loss = loss + auxk_alpha * (scale * ra.pow(2).sum() / denom)
-        aux = (aidx, avals, ra * (2 * auxk_alpha * scale / denom))
 
     # ---- backward, by hand
     dout = r * (2 / den)
     torch.sum(dout, 0, out=_grad_buffer(tc.b_dec))
     if tc.W_skip is not None:
         torch.mm(x.t(), dout, out=_grad_buffer(tc.W_skip))
-    if aux is None:
-        flat, flat_v, rhs_dec, rhs_enc, per_row = idx.reshape(-1), values.reshape(-1), dout, x, k
-        row_of = torch.arange(rows * k, device=x.device) // k
+    sparse_aux = aux is not None and aux[0] == "sparse"
+    main_rows = torch.arange(rows, device=x.device).view(-1, 1).expand(rows, k).reshape(-1)
+    if not sparse_aux:
+        flat, flat_v, rhs_dec, rhs_enc, row_of = idx.reshape(-1), values.reshape(-1), dout, x, main_rows
     else:
-        aidx, avals, d_ehat = aux
+        _, aidx, avals, d_ehat = aux  # type: ignore[misc]
+        kk = aidx.shape[1]
         flat = torch.cat([idx.reshape(-1), aidx.reshape(-1)])
         flat_v = torch.cat([values.reshape(-1), avals.reshape(-1)])
         rhs_dec, rhs_enc = torch.cat([dout, d_ehat]), torch.cat([x, x])
-        kk = aidx.shape[1]
-        row_of = torch.cat([
-            torch.arange(rows * k, device=x.device) // k,
-            rows + torch.arange(rows * kk, device=x.device) // kk,
-        ])
-    # one latent-sorted CSR [n, 2 rows] (int32 keys sort ~2x faster than int64 on CPU)
+        aux_rows = torch.arange(rows, rows * 2, device=x.device).view(-1, 1).expand(rows, kk).reshape(-1)
+        row_of = torch.cat([main_rows, aux_rows])
+    # one latent-sorted CSR [n, rows or 2 rows] (int32 keys sort ~2x faster than int64 on CPU)
     order = torch.argsort(flat.to(torch.int32), stable=True)
-    lat = flat[order]
+    lat = flat.index_select(0, order)
     crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
     torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
-    col = row_of[order]
-    v_sorted = flat_v[order]
+    col = row_of.index_select(0, order)
+    v_sorted = flat_v.index_select(0, order)
     width = rhs_dec.shape[0]
     # d values = <d out[row], W_dec[latent]> on the pattern only
     g = torch.sparse.sampled_addmm(
@@ -184,7 +193,14 @@ def topk_loss_and_grads(
     W_dec_grad = _grad_buffer(W_dec)
     torch.addmm(W_dec_grad, _csr(crow, col, v_sorted, (n, width)), rhs_dec, beta=0, out=W_dec_grad)
     g = g * (v_sorted > 0)  # through the ReLU
-    _grad_buffer(tc.b_enc).zero_().index_add_(0, lat, g)
-    W_enc_grad_t = _grad_buffer(W_enc).t()  # [n, d_in] view of the [d_in, n] gradient
+    b_enc_grad = _grad_buffer(tc.b_enc).zero_().index_add_(0, lat, g)
+    W_enc_grad = _grad_buffer(W_enc)
+    W_enc_grad_t = W_enc_grad.t()  # [n, d_in] view of the [d_in, n] gradient
     torch.addmm(W_enc_grad_t, _csr(crow, col, g, (n, width)), rhs_enc, beta=0, out=W_enc_grad_t)
+    if aux is not None and aux[0] == "dense":
+        _, dead_idx, act, W_dead, d_ehat = aux
+        d_pre = (d_ehat @ W_dead.t()) * (act > 0)  # through the mask and the ReLU
+        W_dec_grad.index_add_(0, dead_idx, act.t() @ d_ehat)
+        W_enc_grad.index_add_(1, dead_idx, x.t() @ d_pre)
+        b_enc_grad.index_add_(0, dead_idx, d_pre.sum(0))
     return TopKStepResult(loss, sq, values, idx)
