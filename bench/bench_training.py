@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tc_circuits.coders.losses import auxk_loss, fvu, topk_forward
+import tc_circuits.coders.losses as losses
+from tc_circuits.coders.losses import auxk_loss, centered_sum_sq, fvu, topk_forward
+from tc_circuits.coders.topk_step import TopKWorkspace, topk_loss_and_grads
 from tc_circuits.training.config import TrainConfig
 from tc_circuits.training.trainer import train_transcoders
 from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
@@ -47,7 +49,10 @@ def make_step(d: int, n: int, k: int, batch: int, device: str = "cpu"):
     """``(train_step, matmul)`` closures for one skip transcoder of the given shape.
 
     ``train_step`` is a full TopK + FVU + AuxK step with Adam (AuxK active on 10% of the
-    latents, a pessimistic case); ``matmul`` is the dense encoder ``x @ W_enc`` alone.
+    latents, a pessimistic case), done as ``Trainer`` does it: with ``losses._FAST_TRAIN_STEP``
+    (read at each call) the fused kernel :func:`topk_loss_and_grads` and ``Adam(fused=True)``,
+    else the autograd reference (``topk_forward`` + ``auxk_loss`` + backward) and plain Adam.
+    ``matmul`` is the dense encoder ``x @ W_enc`` alone.
     """
     g = torch.Generator().manual_seed(0)
     tc = Transcoder(TranscoderConfig(d_in=d, d_out=d, n_latents=n, k=k, skip=True))
@@ -55,18 +60,26 @@ def make_step(d: int, n: int, k: int, batch: int, device: str = "cpu"):
     with torch.no_grad():
         tc.W_dec.normal_(0, 0.01, generator=g)
     tc = tc.to(device)
-    opt = torch.optim.Adam(tc.parameters(), lr=1e-4)
+    fused_opt = torch.optim.Adam(tc.parameters(), lr=1e-4, fused=True)
+    plain_opt = torch.optim.Adam(tc.parameters(), lr=1e-4)
     x = torch.randn(batch, d, generator=g).to(device)
     y = torch.randn(batch, d, generator=g).to(device)
+    den = centered_sum_sq(y)
     dead = torch.zeros(n, dtype=torch.bool, device=device)
     dead[: n // 10] = True
+    workspace = TopKWorkspace()
 
     def train_step():
+        if losses._FAST_TRAIN_STEP:
+            topk_loss_and_grads(tc, x, y, den, dead=dead, auxk_alpha=1 / 32, workspace=workspace)
+            fused_opt.step()
+            return
+        tc.zero_grad(set_to_none=True)
         fwd = topk_forward(tc, x)
         loss = fvu(fwd.output, y) + auxk_loss(tc, x, fwd.pre_acts, y - fwd.output, dead) / 32
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
 
     def matmul():
         with torch.no_grad():

@@ -42,6 +42,8 @@ from tc_circuits.coders.losses import (
     l1_penalty,
     topk_forward,
 )
+from tc_circuits.coders import losses as _losses
+from tc_circuits.coders.topk_step import TopKWorkspace, fused_step_supported, topk_loss_and_grads
 from tc_circuits.training.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from tc_circuits.training.guard import (
     DeferredSignals,
@@ -59,6 +61,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
 __all__ = ["LayerMetrics", "TrainConfig", "TrainResult", "Trainer", "train_transcoders"]
+
+#: Adam with ``fused=True`` (one kernel over each parameter instead of ~10 elementwise passes;
+#: ~7x faster on CPU at GPT-2 shape). ``False`` selects the plain ``torch.optim.Adam`` (reference).
+_FUSED_ADAM = True
 
 #: Config fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("out_dir", "checkpoint_every", "log_every", "device", "strict")
@@ -169,7 +175,11 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             [{"params": list(self.transcoders[layer].parameters())} for layer in self.layers],
             lr=cfg.lr_at(0),
+            fused=True if _FUSED_ADAM and all(
+                p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in self.params
+            ) else None,
         )
+        self._workspace = TopKWorkspace()  # buffers of the fused TopK step, shared by the layers
         n = cfg.n_latents
         self.since_fired = {layer: torch.zeros(n, dtype=torch.long, device=device) for layer in self.layers}
         self.window = {layer: torch.zeros(4, dtype=torch.float64) for layer in self.layers}
@@ -234,6 +244,33 @@ class Trainer:
         self.window[layer][1] += float(den)
         return loss
 
+    def _layer_fused(self, layer: int, x: Tensor, y: Tensor, stats: list[Tensor]) -> Tensor:
+        """:meth:`_layer_loss` for TopK by :func:`topk_loss_and_grads`: the same loss and stats,
+        gradients set directly (no autograd graph); returns the detached loss."""
+        cfg, tc = self.cfg, self.transcoders[layer]
+        n_global = x.shape[0]
+        den = centered_sum_sq(y).clamp_min(1e-30)
+        rows = rank_slice(n_global, self.dist)
+        xr, yr = x[rows], y[rows]
+
+        def error_var(err: Tensor) -> Tensor:
+            e_stats = torch.cat([err.double().sum(0), err.double().pow(2).sum().view(1)])
+            all_reduce_sum(e_stats, self.dist)
+            return (e_stats[-1] - e_stats[:-1].pow(2).sum() / n_global).float()
+
+        dead = self.since_fired[layer] >= cfg.dead_tokens_threshold if cfg.auxk_alpha > 0 else None
+        res = topk_loss_and_grads(tc, xr, yr, den, dead=dead, auxk_alpha=cfg.auxk_alpha,
+                                  error_var=error_var, workspace=self._workspace)
+        active = res.values > 0
+        fired = torch.bincount(res.indices[active], minlength=cfg.n_latents)
+        stats.append(torch.cat([res.sq_err.double().view(1), active.sum().double().view(1), fired.double()]))
+        self.window[layer][1] += float(den)
+        return res.loss
+
+    def _fused(self) -> bool:
+        """Whether this step uses the fused TopK kernel (``losses._FAST_TRAIN_STEP`` and TopK weights)."""
+        return _losses._FAST_TRAIN_STEP and all(fused_step_supported(tc) for tc in self.transcoders.values())
+
     def train_step(self, batch: dict[Any, Any]) -> None:
         """One optimiser step on a global batch ``{layer: PairBatch}``."""
         cfg = self.cfg
@@ -241,20 +278,26 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         stats: list[Tensor] = []
-        loss = sum(self._layer_loss(layer, *batch[layer], stats) for layer in self.layers)
+        fused = self._fused()
+        if not fused:  # autograd accumulates: start from no gradient (the fused step may have left buffers)
+            self.optimizer.zero_grad(set_to_none=True)
+        layer_loss = self._layer_fused if fused else self._layer_loss
+        loss = sum(layer_loss(layer, *batch[layer], stats) for layer in self.layers)
         if not bool(torch.isfinite(loss.detach())):  # type: ignore[union-attr]
             raise TrainingDivergedError(
                 f"training diverged at step {self.step}: the loss is {float(loss.detach()):g} (lr={lr:g}, "
                 f"grad_clip={cfg.grad_clip}); no weights of this step were applied or saved. "
                 "Lower lr or set grad_clip"
             )
-        loss.backward()  # type: ignore[union-attr]
+        if not fused:
+            loss.backward()  # type: ignore[union-attr]
         sync_gradients(self.params, self.dist)
         if cfg.grad_clip is not None:
             for layer in self.layers:
                 torch.nn.utils.clip_grad_norm_(self.transcoders[layer].parameters(), cfg.grad_clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if not fused:  # the fused step overwrites its gradient buffers, kept across steps
+            self.optimizer.zero_grad(set_to_none=True)
         if cfg.normalize_decoder:
             with torch.no_grad():
                 for tc in self.transcoders.values():
