@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--eval-samples", type=int, default=50_000)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--jumprelu-lr", type=float, default=None,
+                   help="JumpReLU learning rate, ours and sae-lens (default: --lr)")
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared-machine benchmark rule)")
     p.add_argument("--device", default="cpu")
@@ -53,7 +55,7 @@ def main() -> None:
     load0, t0 = os.getloadavg(), time.perf_counter()
     rows, setup = run_synth_bench(size=a.size, activations=a.activations, reference=a.reference, k=a.k,
                                   train_samples=a.train_samples, batch_size=a.batch_size,
-                                  eval_samples=a.eval_samples, lr=a.lr, warmup_steps=a.warmup_steps,
+                                  eval_samples=a.eval_samples, lr=a.lr, jumprelu_lr=a.jumprelu_lr, warmup_steps=a.warmup_steps,
                                   device=a.device, progress=sys.stderr.isatty())
     wall, load1 = time.perf_counter() - t0, os.getloadavg()
     table, ratios = markdown_table(rows, a.size), ratio_table(rows)

@@ -157,7 +157,8 @@ class TensorPairStore(SyntheticPairStore):
         return self.samples[lo : lo + n]
 
 
-def draw_samples(synthetic_model, n: int, batch_size: int, *, seed: int = 0) -> Float[Tensor, "n d"]:
+def draw_samples(synthetic_model, n: int, batch_size: int, *, seed: int = 0,
+                 progress: bool = True) -> Float[Tensor, "n d"]:
     """``n // batch_size`` batches of :class:`SyntheticPairStore` ``(model, batch_size, seed)``, stacked."""
     from tqdm.auto import tqdm
 
@@ -166,7 +167,7 @@ def draw_samples(synthetic_model, n: int, batch_size: int, *, seed: int = 0) -> 
     if steps < 1:
         raise ValueError(f"n={n} must be >= batch_size={batch_size}")
     out = torch.empty(steps * batch_size, synthetic_model.cfg.hidden_dim)
-    for i in tqdm(range(steps), desc="draw samples", leave=False):
+    for i in tqdm(range(steps), desc="draw samples", leave=False, disable=not progress):
         out[i * batch_size : (i + 1) * batch_size] = store._sample(batch_size)
     return out
 
@@ -212,6 +213,7 @@ def run_synth_bench(
     batch_size: int = 1024,
     eval_samples: int = 50_000,
     lr: float = 2e-3,
+    jumprelu_lr: float | None = None,
     warmup_steps: int = 20,
     decay_fraction: float = 0.2,
     seed: int = 0,
@@ -239,7 +241,7 @@ def run_synth_bench(
     host = host_model(synth.cfg.hidden_dim)
     k = auto_k(synth, size) if k is None else k
     t1 = time.perf_counter()
-    samples = draw_samples(synth, train_samples, batch_size, seed=seed).to(device)
+    samples = draw_samples(synth, train_samples, batch_size, seed=seed, progress=progress).to(device)
     setup = {"build_seconds": t1 - t0, "draw_seconds": time.perf_counter() - t1}
     log(f"built in {setup['build_seconds']:.0f} s, drew {samples.shape[0]:,} samples in {setup['draw_seconds']:.0f} s; k = {k}")
     dead = max(batch_size, samples.shape[0] // 20)
@@ -247,12 +249,13 @@ def run_synth_bench(
             for who, acts in (("tc-circuits", activations), ("sae-lens", reference)) if act in acts]
     rows = []
     for who, act in jobs:
-        controller = (L0Controller(k, START_COEFFICIENT[(who, act)]) if act in ("relu", "jumprelu") else None)
+        controller = (L0Controller(float(k), START_COEFFICIENT[(who, act)]) if act in ("relu", "jumprelu") else None)
+        run_lr = jumprelu_lr if act == "jumprelu" and jumprelu_lr is not None else lr
         w0, c0 = time.perf_counter(), time.process_time()
         if who == "tc-circuits":
             cfg = TrainConfig(
                 layers=(0,), kind="sae", n_latents=synth.cfg.num_features, activation=act, k=k,
-                lr=lr, warmup_steps=warmup_steps, decay_fraction=decay_fraction, batch_size=batch_size,
+                lr=run_lr, warmup_steps=warmup_steps, decay_fraction=decay_fraction, batch_size=batch_size,
                 total_tokens=samples.shape[0], dead_tokens_threshold=dead, normalize_decoder=True,
                 seed=seed, buffer_tokens=batch_size, checkpoint_every=0, device=device,
             )
@@ -262,7 +265,7 @@ def run_synth_bench(
             sae = trainer.run().transcoders[0].eval()
         else:
             sae, _ = train_saelens_reference(act, samples, n_latents=synth.cfg.num_features, k=k,
-                                             batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                             batch_size=batch_size, lr=run_lr, warmup_steps=warmup_steps,
                                              decay_fraction=decay_fraction, dead_tokens_threshold=dead,
                                              controller=controller, progress=progress)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0

@@ -7,11 +7,14 @@ during training:
 
 1. **measure** -- after each optimiser step, the step's L0 (mean active latents per token) is
    folded into an exponential running estimate ``l0_hat`` (``ema`` per step);
-2. **update** -- the coefficient is multiplied by ``(l0_hat / target) ** gain`` (clipped to
-   ``max_factor`` per step, kept in ``[min_coefficient, max_coefficient]``): above the target
-   the penalty grows, below it shrinks, and it stops moving when ``l0_hat == target``. The
-   update is geometric (a fixed fraction per step), so it reaches a coefficient orders of
-   magnitude away from the start in a few dozen steps.
+2. **update** (proportional-integral, in log space) -- an integral part is multiplied by
+   ``(l0_hat / target) ** gain`` (clipped to ``max_factor`` per step): above the target the
+   penalty grows, below it shrinks, and it stops moving when ``l0_hat == target``; being
+   geometric, it reaches a coefficient orders of magnitude away from the start in a few
+   hundred steps. The coefficient used is that times ``(l0_hat / target) ** proportional``
+   (clipped to [1/2, 2]), an immediate push that does not accumulate: the L0 answers a
+   coefficient change only after some optimiser steps, and an integral part alone then
+   overshoots (it kills ReLU latents, which do not come back) and oscillates.
 
 :class:`L0TargetTrainer` is :class:`~tc_circuits.training.trainer.Trainer` with that loop
 around each step (the trainer's config is frozen; each step gets a copy with the new
@@ -56,12 +59,15 @@ def quantile_threshold(pre: Float[Tensor, "batch n_latents"], target_l0: float,
 class L0Controller:
     """Multiplicative controller of a sparsity coefficient towards a target L0 (module docstring)."""
 
-    def __init__(self, target: float, coefficient: float, *, gain: float = 0.3, ema: float = 0.8,
-                 max_factor: float = 1.05, min_coefficient: float = 1e-8, max_coefficient: float = 1e4):
+    def __init__(self, target: float, coefficient: float, *, gain: float = 0.1, proportional: float = 0.5,
+                 ema: float = 0.5, max_factor: float = 1.02, min_coefficient: float = 1e-8,
+                 max_coefficient: float = 1e4):
         for name, value in (("target", target), ("coefficient", coefficient), ("gain", gain),
                             ("max_factor", max_factor), ("min_coefficient", min_coefficient)):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name}={value} must be a finite positive number")
+        if not (proportional >= 0 and math.isfinite(proportional)):
+            raise ValueError(f"proportional={proportional} must be a finite number >= 0")
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema={ema} must be in [0, 1)")
         if max_factor <= 1.0:
@@ -69,8 +75,12 @@ class L0Controller:
         if not min_coefficient <= coefficient <= max_coefficient:
             raise ValueError(f"coefficient={coefficient} must be in [min_coefficient={min_coefficient}, "
                              f"max_coefficient={max_coefficient}]")
-        self.target, self.coefficient, self.gain, self.ema = float(target), float(coefficient), gain, ema
+        self.target, self.gain, self.proportional, self.ema = float(target), gain, proportional, ema
         self.max_factor, self.min_coefficient, self.max_coefficient = max_factor, min_coefficient, max_coefficient
+        self.integral = float(coefficient)
+        """The accumulated (integral) part of the coefficient."""
+        self.coefficient = float(coefficient)
+        """The coefficient to use next: ``integral * clip((l0_hat / target) ** proportional)``."""
         self.l0_hat: float | None = None
         self.history: list[tuple[float, float]] = []
         """``(measured step L0, coefficient after the update)`` per step."""
@@ -81,8 +91,10 @@ class L0Controller:
             raise ValueError(f"l0={l0} must be a finite number >= 0")
         self.l0_hat = l0 if self.l0_hat is None else self.ema * self.l0_hat + (1 - self.ema) * l0
         ratio = max(self.l0_hat, 1e-3 * self.target) / self.target
-        factor = min(max(ratio**self.gain, 1 / self.max_factor), self.max_factor)
-        self.coefficient = min(max(self.coefficient * factor, self.min_coefficient), self.max_coefficient)
+        step = min(max(ratio**self.gain, 1 / self.max_factor), self.max_factor)
+        self.integral = min(max(self.integral * step, self.min_coefficient), self.max_coefficient)
+        push = min(max(ratio**self.proportional, 0.5), 2.0)
+        self.coefficient = min(max(self.integral * push, self.min_coefficient), self.max_coefficient)
         self.history.append((float(l0), self.coefficient))
         return self.coefficient
 
