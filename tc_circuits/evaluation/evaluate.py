@@ -29,7 +29,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tc_circuits.evaluation.metrics import (
-    DensityHistogram,
     VarianceAccumulator,
     ce_recovered,
     density_histogram,
@@ -38,7 +37,9 @@ from tc_circuits.evaluation.metrics import (
 )
 from tc_circuits.coders.clt import clt_of
 from tc_circuits.models.sites import Site
+from tc_circuits.evaluation.records import ReconstructionMetrics, _md_header, _md_row
 from tc_circuits.evaluation.splice import TranscodersLike, as_transcoder_dict, check_transcoders, splice
+from tc_circuits.evaluation.splice_clt import evaluate_clt_reconstruction
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -84,46 +85,6 @@ def _kind(tc: Any) -> str:
     return "sae" if tc.cfg.is_sae else ("skip_transcoder" if tc.cfg.skip else "transcoder")
 
 
-def _md_row(values: list[Any]) -> str:
-    cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
-    return "| " + " | ".join(cells) + " |"
-
-
-def _md_header(names: list[str]) -> str:
-    return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
-
-
-@dataclass(frozen=True)
-class ReconstructionMetrics:
-    """How well one transcoder reconstructs its output site on the original model."""
-
-    layer: int
-    kind: str
-    fvu: float
-    explained_variance: float
-    mse: float
-    l0: float
-    dead_fraction: float
-    n_tokens: int
-    n_latents: int
-    density: DensityHistogram
-
-    COLUMNS = ("layer", "kind", "fvu", "explained_variance", "mse", "l0", "dead_fraction", "n_tokens")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in self.COLUMNS}
-        d["n_latents"] = self.n_latents
-        d["density"] = self.density.to_dict()
-        return d
-
-    @classmethod
-    def markdown_header(cls) -> str:
-        return _md_header(list(cls.COLUMNS))
-
-    def markdown_row(self) -> str:
-        return _md_row([getattr(self, n) for n in self.COLUMNS])
-
-
 @torch.no_grad()
 def evaluate_reconstruction(
     model: HookedTransformer,
@@ -142,8 +103,6 @@ def evaluate_reconstruction(
     batches = token_batches(tokens, model, min_len=start_pos + 1)
     clt = clt_of(tcs)
     if clt is not None:  # a cross-layer transcoder: every layer's output needs all earlier layers' latents
-        from tc_circuits.evaluation.splice_clt import evaluate_clt_reconstruction
-
         return {L: m for L, m in evaluate_clt_reconstruction(model, clt, batches, start_pos=start_pos, bins=bins).items() if L in tcs}
     names = sorted({s.hook_for(model) for tc in tcs.values() for s in (tc.cfg.in_site, tc.cfg.out_site)})
     acc = {layer: VarianceAccumulator(tc.cfg.d_out) for layer, tc in tcs.items()}

@@ -60,7 +60,7 @@ class EvaluationReport:
         lines += ["| " + " | ".join(cell(r.get(c)) for c in COLUMNS) + " |" for r in self.rows]
         if self.task is not None:
             t = self.task
-            lines += ["", f"| task | original | spliced | spliced + error |", "|---|---|---|---|",
+            lines += ["", "| task | original | spliced | spliced + error |", "|---|---|---|---|",
                       f"| {t['name']} | {t['original']:.4g} | {t['spliced']:.4g} | {t['spliced_with_error']:.4g} |"]
         return "\n".join(lines)
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from tc_circuits.coders.clt import CLTLayer, CoderLayer, CrossLayerTranscoder, clt_of
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
+from tc_circuits.evaluation.splice_clt import clt_hooks
 from tc_circuits.models.safe_hooks import temporary_hooks
 from tc_circuits.validate import check_spliceable
 
@@ -123,8 +124,6 @@ def select_layers(
 def _make_hooks(state: SpliceState, retain_grad: bool, model: Any) -> list[tuple[str, Any]]:
     clt = clt_of(state.transcoders)
     if clt is not None:  # a cross-layer transcoder: every encoder runs, the chosen layers are replaced
-        from tc_circuits.evaluation.splice_clt import clt_hooks
-
         return clt_hooks(state, clt, retain_grad, model)
     hooks: list[tuple[str, Any]] = []
     pending: dict[int, Tensor] = {}

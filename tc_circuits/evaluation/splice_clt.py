@@ -21,12 +21,12 @@ from torch import Tensor
 
 from tc_circuits.coders.clt import CrossLayerTranscoder, decode_output
 from tc_circuits.evaluation.metrics import VarianceAccumulator, density_histogram
+from tc_circuits.evaluation.records import ReconstructionMetrics
 from tc_circuits.models.sites import Site
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-    from tc_circuits.evaluation.evaluate import ReconstructionMetrics
     from tc_circuits.evaluation.splice import SpliceState
 
 
@@ -76,8 +76,6 @@ def evaluate_clt_reconstruction(
     model: HookedTransformer, clt: CrossLayerTranscoder, batches: list[Tensor], *, start_pos: int = 0, bins: int = 20
 ) -> dict[int, ReconstructionMetrics]:
     """FVU per output layer, L0 / dead fraction / density per encoder layer, on the original model."""
-    from tc_circuits.evaluation.evaluate import ReconstructionMetrics
-
     N, n = clt.cfg.n_layers, clt.cfg.n_latents
     ins = [Site(L, clt.cfg.input_kind).hook_for(model) for L in range(N)]
     outs = [Site(L, clt.cfg.output_kind).hook_for(model) for L in range(N)]
