@@ -11,7 +11,7 @@ recall, explained variance and L0 next to the published 16k table. Writes
 ``bench/results/synthsaebench_<size>.md`` and ``.json``. Needs the ``bench`` extra
 (``pip install -e .[bench]``: sae-lens).
 
-    python bench/synthsaebench.py              # the reduced run (defaults), CPU, ~15 min
+    python bench/synthsaebench.py              # the reduced run (defaults), CPU, ~18 min
     python bench/synthsaebench.py --size 16k --train-samples 200000000 --batch-size 4096 \\
         --lr 3e-4 --eval-samples 500000 --device cuda      # full size: a GPU, not run here
 """
