@@ -8,6 +8,7 @@ from conftest import make_tiny_model
 
 import tc_circuits.training.trainer as trainer_mod
 from tc_circuits.coders import losses
+from tc_circuits.coders import topk_step
 from tc_circuits.coders.topk_step import TopKWorkspace, fused_step_supported, topk_loss_and_grads
 from tc_circuits.coders.transcoder import Transcoder, TranscoderConfig
 from tc_circuits.training.config import TrainConfig
@@ -40,9 +41,14 @@ def _reference(tc, x, y, den, dead, alpha, monkeypatch):
 
 
 # 22 dead: AuxK picks k_aux=4 of them; 8 dead (<= 4 k_aux); 4 dead: all chosen; none dead
+# transposed_max 0: the W_enc gradient through a contiguous product + transposing copy (the
+# branch large sparse-AuxK steps take), else written through the gradient's transposed view
 @pytest.mark.parametrize("dead_every", [3, 8, 20, 1000])
 @pytest.mark.parametrize("skip", [True, False])
-def test_fused_step_equals_reference_values_and_gradients(monkeypatch, dead_every, skip):
+@pytest.mark.parametrize("transposed_max", [None, 0])
+def test_fused_step_equals_reference_values_and_gradients(monkeypatch, dead_every, skip, transposed_max):
+    if transposed_max is not None:
+        monkeypatch.setattr(topk_step, "_TRANSPOSED_WRITE_MAX_NNZ", transposed_max)
     tc = _tc(skip=skip)
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(40, 8, generator=g), torch.randn(40, 9, generator=g)

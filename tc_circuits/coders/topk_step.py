@@ -77,6 +77,13 @@ def fused_step_supported(tc: Transcoder) -> bool:
     return tc.cfg.activation == "topk" and tc.cfg.k is not None and tc.W_dec.dtype in (torch.float32, torch.float64)
 
 
+#: Up to this many sparse entries the ``W_enc`` gradient product writes straight through the
+#: transposed view of the gradient; beyond it (sparse AuxK: ``rows * (k + k_aux)``) a contiguous
+#: product plus one transposing copy is faster (1 thread, GPT-2 shape: 27 vs 44 ms at
+#: ``1024 * 32`` entries, 294 vs 64 ms at ``1024 * 416``; ``bench/bench_floor.py``).
+_TRANSPOSED_WRITE_MAX_NNZ = 65_536
+
+
 def _grad_buffer(p: Tensor) -> Tensor:
     """``p.grad``, (re)allocated to ``p``'s shape and layout when missing; its values are overwritten."""
     if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
@@ -195,8 +202,13 @@ def topk_loss_and_grads(
     g = g * (v_sorted > 0)  # through the ReLU
     b_enc_grad = _grad_buffer(tc.b_enc).zero_().index_add_(0, lat, g)
     W_enc_grad = _grad_buffer(W_enc)
-    W_enc_grad_t = W_enc_grad.t()  # [n, d_in] view of the [d_in, n] gradient
-    torch.addmm(W_enc_grad_t, _csr(crow, col, g, (n, width)), rhs_enc, beta=0, out=W_enc_grad_t)
+    S_enc = _csr(crow, col, g, (n, width))
+    if flat.numel() <= _TRANSPOSED_WRITE_MAX_NNZ:
+        W_enc_grad_t = W_enc_grad.t()  # [n, d_in] view of the [d_in, n] gradient, written in place
+        torch.addmm(W_enc_grad_t, S_enc, rhs_enc, beta=0, out=W_enc_grad_t)
+    else:  # many entries (sparse AuxK): a contiguous product, then one transposing copy
+        buf = ws.get("W_enc_grad_t", (n, x.shape[1]), W_enc)
+        W_enc_grad.copy_(torch.addmm(buf, S_enc, rhs_enc, beta=0, out=buf).t())
     if aux is not None and aux[0] == "dense":
         _, dead_idx, act, W_dead, d_ehat = aux
         d_pre = (d_ehat @ W_dead.t()) * (act > 0)  # through the mask and the ReLU

@@ -9,7 +9,9 @@
   ``from_pretrained`` would. ``local_dir=`` gives such a folder for a named model, so the
   loaded model carries that model's TransformerLens name (checkpoints record it).
 
-The processing flags end up in the weights; :func:`tc_circuits.models.model_info.weight_processing`
+Both paths swap the fused tanh-GELU kernel into GPT-2-style MLPs
+(:func:`tc_circuits.models.fast_kernels.use_fast_kernels`: the same function, ~20 % faster
+forward). The processing flags end up in the weights; :func:`tc_circuits.models.model_info.weight_processing`
 reads them back.
 """
 
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tc_circuits.models import backend as backends
+from tc_circuits.models.fast_kernels import use_fast_kernels
 from tc_circuits.models.hf_config import tl_config_dict
 
 logger = logging.getLogger(__name__)
@@ -111,6 +114,7 @@ def load_model(
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
     model = HookedTransformer.from_pretrained(str(name_or_path), **kwargs)
+    use_fast_kernels(model)
     return model.eval()
 
 
@@ -209,4 +213,5 @@ def _load_local(
         refactor_factored_attn_matrices=False,
     )
     model.move_model_modules_to_device()
+    use_fast_kernels(model)
     return model.eval()

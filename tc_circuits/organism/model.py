@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
 from tc_circuits.models.backend import hooked_transformer_class
+from tc_circuits.models.fast_kernels import use_fast_kernels
 from tc_circuits.organism.corpus import documents
 from tc_circuits.organism.tokenizer import ORGANISM_NAME, load_tokenizer
 
@@ -125,6 +126,7 @@ def load_organism(
             center_unembed=center_unembed,
         )
     model.to(device)
+    use_fast_kernels(model)
     model.eval()
     return model
 
