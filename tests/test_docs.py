@@ -140,7 +140,7 @@ PUBLIC_MODULES = [
     "tc_circuits.models.sites", "tc_circuits.coders.transcoder", "tc_circuits.training.trainer", "tc_circuits.training.config",
     "tc_circuits.training.data", "tc_circuits.training.activation_store", "tc_circuits.evaluation.splice", "tc_circuits.evaluation.evaluate",
     "tc_circuits.evaluation.metrics", "tc_circuits.tasks", "tc_circuits.tasks.greater_than", "tc_circuits.evaluation.compare",
-    "tc_circuits.attribution.engine", "tc_circuits.attribution.linearise", "tc_circuits.attribution.targets",
+    "tc_circuits.attribution.engine", "tc_circuits.attribution.exactness", "tc_circuits.attribution.linearise", "tc_circuits.attribution.targets",
     "tc_circuits.attribution.virtual_weights", "tc_circuits.graph.graph", "tc_circuits.graph.prune",
     "tc_circuits.graph.scores", "tc_circuits.graph.export", "tc_circuits.interventions",
     "tc_circuits.viz.graph_view", "tc_circuits.viz.dashboards", "tc_circuits.viz.html_page",

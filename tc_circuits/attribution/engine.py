@@ -20,13 +20,21 @@ Phases (also logged):
 2. target rows: the incoming edges of every target (logits / directions);
 3. feature rows in batches: all active features, or the ``max_feature_nodes`` most
    influential ones, re-ranked by estimated influence every ``update_interval`` batches;
-4. assemble: COO edges + node table -> :class:`AttributionGraph`, then the exactness check
-   (sum of incoming edges == value from the real forward pass, for every expanded node; the
-   sums are accumulated in float64 as the edges arrive, :mod:`tc_circuits.attribution.edge_sink`).
+4. assemble: COO edges + node table -> :class:`AttributionGraph`
+   (:mod:`tc_circuits.attribution.assemble`), then the exactness check
+   (:mod:`tc_circuits.attribution.exactness`: sum of incoming edges == value from the real
+   forward pass, for every expanded node; the sums are accumulated in float64 as the edges
+   arrive, :mod:`tc_circuits.attribution.edge_sink`).
 
 No node x node matrix is ever built: memory grows with the number of (non-zero) edges, 12 bytes
 per float32 edge (int32 target and source indices), written once into buffers sized by the
-structural bound of :mod:`tc_circuits.attribution.memory`.
+structural bound of :mod:`tc_circuits.attribution.memory`, which also fits the run to its memory
+budget before phase 2 (a smaller batch, or :class:`AttributionMemoryError`).
+
+This module keeps the driver (:func:`attribute`, :class:`AttributionConfig`, :func:`to_tokens`,
+the per-batch row computation) and re-exports the names that moved out of it
+(:class:`AttributionExactnessError`, :func:`exactness_deviation`, :func:`default_exactness_tol`,
+:class:`AttributionMemoryError`), so ``from tc_circuits.attribution.engine import ...`` still works.
 """
 
 from __future__ import annotations
@@ -41,11 +49,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tc_circuits.attribution.assemble import _decode, _decode_all, _Layout, _metadata, _node_table
 from tc_circuits.attribution.edge_sink import EdgeSink, ListEdgeSink
+from tc_circuits.attribution.exactness import (
+    EXACTNESS_TOL,
+    AttributionExactnessError,
+    default_exactness_tol,
+    exactness_deviation,
+)
 from tc_circuits.attribution.feature_edges import (
     PositionLayout,
     feature_edges,
@@ -53,14 +68,12 @@ from tc_circuits.attribution.feature_edges import (
     position_layout,
 )
 from tc_circuits.attribution.linearise import LinearisedModel
+from tc_circuits.attribution.memory import AttributionMemoryError as AttributionMemoryError
+from tc_circuits.attribution.memory import _fit_memory, edge_bound
 from tc_circuits.attribution.ranking import InfluenceRanker, InfluenceRankerReference, node_levels
-from tc_circuits.attribution.memory import edge_bound, estimate_attribution_memory, fitting_feature_nodes
-from tc_circuits.attribution.memory import gb as mem_gb
-from tc_circuits.attribution.targets import Target, encode_direction, resolve_targets, warn_unknown_tokens
-from tc_circuits.graph.graph import AttributionGraph, NodeTable
+from tc_circuits.attribution.targets import Target, resolve_targets, warn_unknown_tokens
+from tc_circuits.graph.graph import AttributionGraph
 from tc_circuits.models import backend
-from tc_circuits.coders.hashing import transcoder_hash
-from tc_circuits.models.provenance import model_provenance
 from tc_circuits.models.safe_hooks import hooks_restored
 from tc_circuits.validate import check_spliceable, check_token_ids, memory_budget_bytes
 
@@ -116,23 +129,6 @@ class AttributionConfig:
             raise ValueError(f"max_memory must be a positive number of GB (or None), got {self.max_memory}")
 
 
-class AttributionExactnessError(RuntimeError):
-    """The sum of a node's incoming edges differs from its value in the real forward pass."""
-
-
-#: Default relative exactness tolerance per dtype. Measured (docs/guarantees.md): the largest
-#: relative deviation over 324 random float32 graphs (1-3 layers, d 16-64, TopK/ReLU/JumpReLU,
-#: LN/LNPre), the organism's graphs (16-1024 tokens) and GPT-2-shaped ones was below 5e-7
-#: in float32 and 7.5e-16 in float64; the tolerances leave a ~20x / ~1000x margin, while a
-#: skip path scaled by 1.001 in the backward pass deviates by ~1e-4.
-EXACTNESS_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 1e-2}
-
-
-def default_exactness_tol(dtype: torch.dtype) -> float:
-    """The relative exactness tolerance for a model computing in ``dtype``."""
-    return EXACTNESS_TOL.get(dtype, 1e-5)
-
-
 def to_tokens(model, prompt_or_tokens: str | Sequence[int] | Tensor) -> Int[Tensor, " pos"]:
     """Tokenise (strings use the model's tokenizer and BOS convention) and validate.
 
@@ -166,28 +162,15 @@ def to_tokens(model, prompt_or_tokens: str | Sequence[int] | Tensor) -> Int[Tens
     return tokens
 
 
-class _Layout:
-    """Node indices: [features | errors (L x P) | embeddings | positions | constant | targets]."""
-
-    def __init__(self, n_features: int, n_layers: int, n_pos: int, has_pos: bool, n_targets: int):
-        self.F, self.L, self.P = n_features, n_layers, n_pos
-        self.err0 = n_features
-        self.emb0 = self.err0 + n_layers * n_pos
-        self.pos0 = self.emb0 + n_pos
-        self.const = self.pos0 + (n_pos if has_pos else 0)
-        self.tgt0 = self.const + 1
-        self.n = self.tgt0 + n_targets
-
-
 def _compute_rows(
     lin: LinearisedModel,
     lay: _Layout,
     sink: EdgeSink | ListEdgeSink,
-    row_nodes: Tensor,
-    layers: Tensor,
-    positions: Tensor,
-    vectors: Tensor,
-    const_edges: Tensor,
+    row_nodes: Int[Tensor, " b"],
+    layers: Int[Tensor, " b"],
+    positions: Int[Tensor, " b"],
+    vectors: Float[Tensor, "b d_model"],
+    const_edges: Float[Tensor, " b"],
     layouts: dict[int, PositionLayout] | None = None,
 ) -> None:
     """Incoming edges of ``len(row_nodes)`` nodes with one transposed frozen pass.
@@ -440,122 +423,3 @@ def attribute(
     log(f"done: {graph.n_nodes} nodes, {graph.n_edges} edges in {time.perf_counter() - t0:.2f}s")
     return graph
 
-
-class AttributionMemoryError(MemoryError, ValueError):
-    """The graph is estimated to need more memory than the budget (``max_memory``)."""
-
-
-def _fit_memory(lin, tpos, max_feature_nodes, batch_size, budget, max_memory) -> int:
-    """The batch size to use under ``budget`` bytes; raise before any row is computed if none fits."""
-    if budget is None:
-        return batch_size
-    n_expand = lin.n_features if max_feature_nodes is None else min(max_feature_nodes, lin.n_features)
-    est, rows = estimate_attribution_memory(lin, tpos, n_expand, batch_size)
-    if est.total <= budget:
-        return batch_size
-    fixed = est.edge_bytes + est.cache_bytes
-    per_row = est.batch_bytes // batch_size
-    if fixed + per_row <= budget:
-        fit = max(1, min(batch_size, (budget - fixed) // max(per_row, 1)))
-        warnings.warn(
-            f"attribution estimated at {mem_gb(est.total)} > budget {mem_gb(budget)}: "
-            f"batch_size {batch_size} -> {fit} to fit (same graph, more passes)",
-            UserWarning, stacklevel=3,
-        )
-        return int(fit)
-    target_edges = est.edges - int(rows[:n_expand].sum())
-    spare = budget - est.cache_bytes - est.batch_bytes  # at the requested batch size
-    fit_nodes = fitting_feature_nodes(rows, spare // est.bytes_per_edge - target_edges)
-    where = "max_memory" if max_memory is not None else "0.8 x the available RAM"
-    raise AttributionMemoryError(
-        f"this graph is estimated to need {mem_gb(est.total)} ({est.edges:,} edges: {mem_gb(est.edge_bytes)}; "
-        f"attention/activation cache {mem_gb(est.cache_bytes)}; one batch {mem_gb(est.batch_bytes)}) but the "
-        f"budget is {mem_gb(budget)} ({where}). Expand fewer features: max_feature_nodes={fit_nodes} "
-        f"(--max-feature-nodes {fit_nodes}) fits; or raise the budget with max_memory (--max-memory GB)"
-    )
-
-
-def exactness_deviation(graph: AttributionGraph, sums: tuple[Tensor, Tensor] | None = None) -> tuple[float, float]:
-    """``(max abs, max relative)`` deviation of row sums from node values over expanded nodes.
-
-    The relative deviation divides by ``1 + sum_j |edge_ij| + |value_i|``. ``sums``: the
-    float64 ``(row sums, absolute row sums)`` per node when already known (the engine's sink
-    accumulates them, in edge order: the same numbers); None computes them from the edges.
-    """
-    exp = graph.nodes.expanded
-    if not bool(exp.any()):
-        return 0.0, 0.0
-    if sums is None:
-        sums = graph.row_sums()
-        abs_sums = torch.zeros(graph.n_nodes, dtype=torch.float64).index_add_(
-            0, graph.edge_target, graph.edge_weight.double().abs()
-        )
-    else:
-        sums, abs_sums = sums
-    val = graph.nodes.value.double()
-    dev = (sums - val).abs()[exp]
-    rel = dev / (1 + abs_sums[exp] + val.abs()[exp])
-    return float(dev.max()), float(rel.max())
-
-
-def _node_table(lin, lay: _Layout, tgts, tpos, real_vals, visited) -> NodeTable:
-    f, P, L = lin.features, lin.n_pos, lin.n_layers
-    feats = NodeTable.make(
-        "feature", lin.n_features, layer=f.layer, pos=f.pos, latent=f.latent,
-        activation=f.activation, value=f.pre_activation,
-    )
-    feats.expanded = visited.clone()
-    parts = [feats]
-    for layer in range(L):
-        kind = "error" if layer in lin.transcoders else "mlp_const"
-        parts.append(NodeTable.make(kind, P, layer=layer, pos=torch.arange(P)))
-    parts.append(NodeTable.make("embedding", P, pos=torch.arange(P), token_id=lin.tokens))
-    if lin.has_pos_embed:
-        parts.append(NodeTable.make("position", P, pos=torch.arange(P)))
-    parts.append(NodeTable.make("constant", 1))
-    tn = NodeTable.make(
-        "target", len(tgts), pos=torch.tensor(tpos, dtype=torch.long),
-        token_id=torch.tensor([t.token_id for t in tgts], dtype=torch.long), value=real_vals,
-    )
-    tn.expanded[:] = True
-    parts.append(tn)
-    return NodeTable.concat(parts)
-
-
-def _decode(model, tok: int) -> str:
-    return model.tokenizer.decode([tok]) if model.tokenizer is not None else str(tok)
-
-
-def _decode_all(model, tokens: Tensor) -> str:
-    if model.tokenizer is None:
-        return " ".join(str(int(t)) for t in tokens)
-    return model.tokenizer.decode(tokens.tolist())
-
-
-def _metadata(model, lin, tgts, tpos, batch_size, max_feature_nodes) -> dict:
-    return {
-        "model": model_provenance(model),
-        "n_layers": lin.n_layers,
-        "d_vocab": lin.d_vocab,
-        "d_model": lin.d_model,
-        "has_position_nodes": lin.has_pos_embed,
-        "block_plan": lin.plan.describe(),
-        "uncovered_layers": [L for L in range(lin.n_layers) if L not in lin.transcoders],
-        "cross_layer": lin.is_cross_layer,
-        "transcoders": {
-            str(L): {
-                "n_latents": tc.cfg.n_latents, "activation": tc.cfg.activation, "k": tc.cfg.k,
-                "skip": tc.cfg.skip, "input_site": tc.cfg.input_site, "output_site": tc.cfg.output_site,
-                "content_hash": transcoder_hash(tc),
-            }
-            for L, tc in sorted(lin.transcoders.items())
-        },
-        "n_active_features": lin.n_features,
-        "targets": [
-            {"label": t.label, "position": p, "token_id": t.token_id, "weight": t.weight,
-             "direction": encode_direction(t.direction)}
-            for t, p in zip(tgts, tpos)
-        ],
-        "batch_size": batch_size,
-        "max_feature_nodes": max_feature_nodes,
-    }

@@ -18,10 +18,15 @@ and the ranker's influence vectors. A batch of transposed passes holds about ``B
 The linearised model's own cache (attention patterns ``n_layers x heads x pos^2``, the
 per-layer activations) is counted too. ``docs/guarantees.md`` compares the estimate with
 measured peaks.
+
+Before any row is computed the engine fits the run to its budget (``max_memory``, or 0.8 x the
+available RAM) with :func:`_fit_memory`: a smaller batch size if that is enough, otherwise an
+:class:`AttributionMemoryError` naming the ``max_feature_nodes`` that fits.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -139,3 +144,40 @@ def fitting_feature_nodes(sorted_rows: Tensor, budget_edges: int) -> int:
 
 def gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
+
+
+class AttributionMemoryError(MemoryError, ValueError):
+    """The graph is estimated to need more memory than the budget (``max_memory``)."""
+
+
+def _fit_memory(
+    lin, tpos: list[int], max_feature_nodes: int | None, batch_size: int, budget: int | None,
+    max_memory: float | None,
+) -> int:
+    """The batch size to use under ``budget`` bytes; raise before any row is computed if none fits."""
+    if budget is None:
+        return batch_size
+    n_expand = lin.n_features if max_feature_nodes is None else min(max_feature_nodes, lin.n_features)
+    est, rows = estimate_attribution_memory(lin, tpos, n_expand, batch_size)
+    if est.total <= budget:
+        return batch_size
+    fixed = est.edge_bytes + est.cache_bytes
+    per_row = est.batch_bytes // batch_size
+    if fixed + per_row <= budget:
+        fit = max(1, min(batch_size, (budget - fixed) // max(per_row, 1)))
+        warnings.warn(
+            f"attribution estimated at {gb(est.total)} > budget {gb(budget)}: "
+            f"batch_size {batch_size} -> {fit} to fit (same graph, more passes)",
+            UserWarning, stacklevel=3,
+        )
+        return int(fit)
+    target_edges = est.edges - int(rows[:n_expand].sum())
+    spare = budget - est.cache_bytes - est.batch_bytes  # at the requested batch size
+    fit_nodes = fitting_feature_nodes(rows, spare // est.bytes_per_edge - target_edges)
+    where = "max_memory" if max_memory is not None else "0.8 x the available RAM"
+    raise AttributionMemoryError(
+        f"this graph is estimated to need {gb(est.total)} ({est.edges:,} edges: {gb(est.edge_bytes)}; "
+        f"attention/activation cache {gb(est.cache_bytes)}; one batch {gb(est.batch_bytes)}) but the "
+        f"budget is {gb(budget)} ({where}). Expand fewer features: max_feature_nodes={fit_nodes} "
+        f"(--max-feature-nodes {fit_nodes}) fits; or raise the budget with max_memory (--max-memory GB)"
+    )
