@@ -144,7 +144,7 @@ PUBLIC_MODULES = [
     "tc_circuits.attribution.virtual_weights", "tc_circuits.graph.graph", "tc_circuits.graph.prune",
     "tc_circuits.graph.scores", "tc_circuits.graph.export", "tc_circuits.interventions",
     "tc_circuits.viz.graph_view", "tc_circuits.viz.dashboards", "tc_circuits.viz.html_page",
-    "tc_circuits.formats", "tc_circuits.models.loading", "tc_circuits.models.tokenizers_gpt2", "tc_circuits.organism",
+    "tc_circuits.formats", "tc_circuits.models.loading", "tc_circuits.models.fast_kernels", "tc_circuits.models.tokenizers_gpt2", "tc_circuits.organism",
     "tc_circuits.validate", "tc_circuits.attribution.memory", "tc_circuits.training.guard", "tc_circuits.models.safe_hooks",
 ]
 
