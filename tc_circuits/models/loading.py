@@ -10,7 +10,7 @@
   loaded model carries that model's TransformerLens name (checkpoints record it).
 
 Both paths swap the fused tanh-GELU kernel into GPT-2-style MLPs
-(:func:`tc_circuits.models.fast_kernels.use_fast_kernels`: the same function, ~20 % faster
+(:func:`tc_circuits.models.fast_kernels.use_fast_kernels`: the same function, ~30 % faster
 forward). The processing flags end up in the weights; :func:`tc_circuits.models.model_info.weight_processing`
 reads them back.
 """
