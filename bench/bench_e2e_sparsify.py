@@ -66,7 +66,7 @@ def run_ours(job: dict) -> dict:
     folder, L, B = Path(job["folder"]), job["layer"], job["batch"]
     toks = torch.load(folder / "tokens.pt")
     train, held = toks[:-HELD_ROWS], toks[-HELD_ROWS:]
-    model = load_model(str(folder))
+    model = load_model(str(folder), dtype=model_dtype(job["side"]))
     cfg = TrainConfig(layers=(L,), kind="skip_transcoder", n_latents=job["n_latents"], k=job["k"], batch_size=B,
                       buffer_tokens=job["buffer_tokens"], total_tokens=job["steps"] * B, lr=job["lr"],
                       warmup_steps=job["warmup"], dead_tokens_threshold=job["dead_after"], auxk_alpha=job["auxk_alpha"],
@@ -84,16 +84,22 @@ def run_ours(job: dict) -> dict:
     result = trainer.run()
     wall, cpu = stamps[-1], time.process_time() - c0
     names = (Site(L, "mlp_in").hook_name, Site(L, "mlp_out").hook_name)
+    reference = load_model(str(folder))  # held-out FVU on the float32 model's activations, for every side
     with torch.no_grad():
-        _, cache = model.run_with_cache(held, names_filter=lambda n: n in names, stop_at_layer=L + 1)
+        _, cache = reference.run_with_cache(held, names_filter=lambda n: n in names, stop_at_layer=L + 1)
         x, y = (cache[n].reshape(-1, model.cfg.d_model) for n in names)
         held_fvu = float(fvu(topk_forward(result.transcoders[L], x).output, y))
     return {"tokens": result.tokens_seen, "seconds": wall, "cpu_seconds": cpu, "stamps": stamps, "fvu": held_fvu}
 
 
+def model_dtype(side: str) -> str:
+    """The precision a side runs its model forward in: ``*-bf16`` sides bfloat16, others float32."""
+    return "bfloat16" if side.endswith("-bf16") else "float32"
+
+
 def run_sparsify(job: dict) -> dict:
     import torch
-    from sparsify import SparseCoderConfig, Trainer, TrainConfig
+    from sparsify import SparseCoder, SparseCoderConfig, Trainer, TrainConfig
     from transformers import AutoModelForCausalLM
 
     folder, L, B = Path(job["folder"]), job["layer"], job["batch"]
@@ -101,7 +107,18 @@ def run_sparsify(job: dict) -> dict:
     train, held = toks[:-HELD_ROWS], toks[-HELD_ROWS:]
     rows = B // SEQ
     dataset = [{"input_ids": r} for r in train[: job["steps"] * rows]]
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    dtype = getattr(torch, model_dtype(job["side"]))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    if dtype != torch.float32:
+        # sparsify keeps its coder in float32 and, on CUDA, runs it under bf16 autocast; on CPU
+        # (autocast off) a bf16 model's activations reach the float32 encoder and F.linear refuses
+        # the mix. Upcast them at the coder's door: the float32 coder step sparsify runs on CPU.
+        forward = SparseCoder.forward
+
+        def upcast(self, x, y=None, **kw):
+            return forward(self, x.float(), None if y is None else y.float(), **kw)
+
+        SparseCoder.forward = upcast  # type: ignore[method-assign]
     hook = f"h.{L}.mlp"
     cfg = TrainConfig(
         SparseCoderConfig(num_latents=job["n_latents"], k=job["k"], transcode=True, skip_connection=True),
@@ -122,9 +139,10 @@ def run_sparsify(job: dict) -> dict:
     def grab(module, inputs, outputs):
         got["x"], got["y"] = inputs[0].flatten(0, 1), outputs.flatten(0, 1)
 
-    handle = model.base_model.get_submodule(hook).register_forward_hook(grab)
+    reference = AutoModelForCausalLM.from_pretrained(folder)  # float32: the same held-out truth for every side
+    handle = reference.base_model.get_submodule(hook).register_forward_hook(grab)
     with torch.no_grad():
-        model(held)
+        reference(held)
         handle.remove()
         held_fvu = float(sae(got["x"], got["y"]).fvu)
     return {"tokens": len(stamps) * B, "seconds": stamps[-1], "cpu_seconds": cpu_at_last[-1], "stamps": stamps,
@@ -159,7 +177,8 @@ def main() -> None:
 
         job = json.loads(args.job)
         torch.set_num_threads(job["threads"])
-        res = run_sparsify(job) if args.side == "sparsify" else run_ours({**job, "side": args.side})
+        job = {**job, "side": args.side}
+        res = run_sparsify(job) if args.side.startswith("sparsify") else run_ours(job)
         print(json.dumps(res))
         return
     best: dict[str, dict] = {}
@@ -176,7 +195,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for side in sides:
                 j = {**job, "prefetch": side == "ours-prefetch"}
-                py = PEER_PY if side == "sparsify" else OURS_PY
+                py = PEER_PY if side.startswith("sparsify") else OURS_PY
                 loads.append(os.getloadavg()[0])
                 res = subprocess.run([str(py), __file__, "--side", side, "--job", json.dumps(j)],
                                      capture_output=True, text=True, env=env)
@@ -194,8 +213,8 @@ def main() -> None:
 def write(args, best: dict[str, dict], loads: list[float]) -> None:
     per_fill = args.buffer_tokens // args.batch
     names = {"ours": "tc_circuits `Trainer` (prefetch off)", "ours-prefetch": "tc_circuits `Trainer`, `prefetch=True`",
-             "ours-reference": "tc_circuits, plain reference kernels + plain Adam", "sparsify": "sparsify 1.3.3 `Trainer`"}
-    s = best.get("sparsify")
+             "ours-reference": "tc_circuits, plain reference kernels + plain Adam", "sparsify": "sparsify 1.3.3 `Trainer`",
+             "ours-bf16": "tc_circuits `Trainer`, bf16 model forward", "sparsify-bf16": "sparsify 1.3.3 `Trainer`, bf16 model forward"}
     head = f"## End to end: GPT-2-shaped model, {args.threads} thread(s)"
     text = (
         f"{head}\n\n"
@@ -210,8 +229,15 @@ def write(args, best: dict[str, dict], loads: list[float]) -> None:
         f"{min(loads):.1f}-{max(loads):.1f}. Time from before each `Trainer` is built to its last optimiser step. "
         f"Command: `python bench/bench_e2e_sparsify.py --steps {args.steps} --repeats {args.repeats} --threads {args.threads} "
         f"--layer {args.layer} --n-layers {args.n_layers} --sides {args.sides}`.\n\n"
+        + ("`-bf16` sides load the model in bfloat16 on both sides (ours: `load_model(..., dtype=\"bfloat16\")`, "
+           "processed in float32 then cast; sparsify: `from_pretrained(..., dtype=torch.bfloat16)`, as its CLI loads "
+           "models on bf16-capable GPUs, with the activations upcast at its float32 coder's door since CPU autocast is "
+           "off); the coder and its step stay float32 on both sides. Their `x sparsify` columns compare with "
+           "sparsify at the same model precision. The held-out FVU of every side is measured on the float32 "
+           "model's activations, so it includes the cost of training on bf16 activations.\n\n"
+           if any(x.endswith("-bf16") for x in best) else "") +
         "| side | tokens/s (wall) | tokens per CPU-second | steady tokens/s (after the first window) | x sparsify (wall) "
-        "| x sparsify (CPU) | x sparsify (steady) | held-out FVU |\n"
+        "| x sparsify (CPU) | x sparsify (steady) | held-out FVU (float32 activations) |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )
     def steady(r: dict) -> float:
@@ -219,6 +245,7 @@ def write(args, best: dict[str, dict], loads: list[float]) -> None:
         return (len(st) - per_fill) * args.batch / (st[-1] - st[per_fill - 1])
 
     for side, r in best.items():
+        s = best.get("sparsify-bf16" if side.endswith("-bf16") else "sparsify")  # same model precision
         tps, tpc, sty = r["tokens_per_s"], r["tokens"] / r["cpu_seconds"], steady(r)
         ratio = f"{tps / s['tokens_per_s']:.2f}x" if s else "-"
         cratio = f"{tpc / (s['tokens'] / s['cpu_seconds']):.2f}x" if s else "-"

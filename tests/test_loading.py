@@ -66,6 +66,29 @@ def test_local_folder_loads_offline_and_matches_hf(hf_gpt2, monkeypatch):
     assert model.cfg.model_name == path.name
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_processed_in_float32_then_cast(hf_gpt2, monkeypatch, dtype):
+    """LN folding and centring run in float32; only the processed weights are rounded, once."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, path = hf_gpt2
+    full = load_model(path)
+    half = load_model(path, dtype=dtype)
+    assert half.cfg.dtype == dtype
+    full_params = dict(full.named_parameters())
+    for name, p in half.named_parameters():
+        assert p.dtype == dtype, name
+        assert torch.equal(p, full_params[name].to(dtype)), name
+    assert weight_processing(half) == weight_processing(full)
+    raw = load_model(path, dtype=dtype, fold_ln=False, center_writing_weights=False, center_unembed=False)
+    assert weight_processing(raw) == {"fold_ln": False, "center_writing_weights": False, "center_unembed": False}
+    tokens = torch.tensor([[50256, 464, 1175, 614, 1596, 2624]])
+    with torch.no_grad():
+        ref = torch.log_softmax(full(tokens).double(), -1)
+        got = torch.log_softmax(half(tokens).double(), -1)
+    # half-precision forward: close to float32, not equal
+    assert 0 < (got - ref).abs().max().item() < 0.1
+
+
 def test_unprocessed_local_folder(hf_gpt2, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hf, path = hf_gpt2

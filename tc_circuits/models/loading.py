@@ -74,7 +74,9 @@ def load_model(
         fold_ln, center_writing_weights, center_unembed: TransformerLens weight processing.
         local_dir: a local HF folder holding the weights of model ``name_or_path``
             (loaded offline; the model keeps the TransformerLens name).
-        device, dtype: where and in which precision to load.
+        device, dtype: where and in which precision to load. A local folder loaded in
+            bfloat16 / float16 is processed (LN folding, centring) in float32 and cast after,
+            so each weight is rounded once.
         tokenizer: a tokenizer to attach (default: the folder's own, else GPT-2's for a
             GPT-2-vocabulary model, else none).
         backend: ``"hooked"`` (HookedTransformer), ``"bridge"`` (a ``TransformerBridge`` in
@@ -168,8 +170,12 @@ def _load_local(
     from transformers import AutoModelForCausalLM
 
     torch_dtype = _dtype(dtype)
+    # weight processing (LN folding, centring) in half precision rounds every folded weight: load and
+    # process in float32 and cast the processed model at the end (TransformerLens' advice for reduced
+    # precision is to skip processing; this keeps it, without its rounding)
+    work_dtype = torch.float32 if torch_dtype in (torch.bfloat16, torch.float16) else torch_dtype
     path = path.resolve()
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch_dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=work_dtype)
     hf_model.eval()
     if tokenizer is None:
         tokenizer = _local_tokenizer(path, hf_model.config)
@@ -180,7 +186,7 @@ def _load_local(
         center_unembed = False
     with tempfile.TemporaryDirectory(prefix="tc_circuits_cfg_") as tmp:
         if mapped is not None:
-            cfg = _config_from_dict(mapped, fold_ln=fold_ln, device=device, dtype=torch_dtype)
+            cfg = _config_from_dict(mapped, fold_ln=fold_ln, device=device, dtype=work_dtype)
         else:
             # TransformerLens reads config.json itself; give it a copy completed with the keys it
             # expects but recent ``save_pretrained`` omits (GPT-2's ``n_ctx``).
@@ -190,10 +196,10 @@ def _load_local(
                 hf_cfg=hf_model.config.to_dict(),
                 fold_ln=fold_ln,
                 device=device,
-                dtype=torch_dtype,
+                dtype=work_dtype,
             )
         Path(tmp, "config.json").write_text(json.dumps(_completed_config(path)))
-        state_dict = tl_loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=torch_dtype)
+        state_dict = tl_loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=work_dtype)
     if name is not None:
         try:
             official = tl_loading.get_official_model_name(name)
@@ -213,5 +219,7 @@ def _load_local(
         refactor_factored_attn_matrices=False,
     )
     model.move_model_modules_to_device()
+    if work_dtype != torch_dtype:
+        model = model.to(torch_dtype, print_details=False)
     use_fast_kernels(model)
     return model.eval()

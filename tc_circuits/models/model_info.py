@@ -23,12 +23,17 @@ PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed")
 
 
 def _centered(weights: list[torch.Tensor], dim: int) -> bool:
-    """Whether each tensor has zero mean along ``dim``, relative to its own mean ``|w|``."""
+    """Whether each tensor has zero mean along ``dim``, relative to its own mean ``|w|``.
+
+    The tolerance is 1e-4, or the dtype's epsilon for half precision (a centred float32 weight
+    rounded to bfloat16 keeps a mean of up to ~1e-3 of its scale).
+    """
     for weight in weights:
+        tol = 1e-4 if weight.dtype.itemsize >= 4 else float(torch.finfo(weight.dtype).eps)
         w = weight.detach().float()
         # the L1 norm needs no |w| temporary (W_U of a 50k vocabulary is 150 MB)
         scale = max(float(torch.linalg.vector_norm(w.reshape(-1), 1)) / max(1, w.numel()), 1e-12)
-        if not float(w.mean(dim).abs().max()) / scale < 1e-4:
+        if not float(w.mean(dim).abs().max()) / scale < tol:
             return False
     return True
 
