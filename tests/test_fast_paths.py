@@ -41,6 +41,25 @@ def test_position_batched_feature_edges_equal_reference(monkeypatch, activation)
     assert len(fast.edge_weight) == len(ref.edge_weight)  # no duplicate or padding edges
 
 
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_error_edges_in_the_feature_bmm_equal_their_own_einsum(monkeypatch, activation):
+    model = make_model64()
+    tcs = make_transcoders(model, activation=activation, layers=[0, 1])  # plus mlp_const layers
+    tokens = torch.randint(0, 50, (11,), generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(engine, "_FUSED_ERROR_EDGES", True)
+    fused = attribute(model, tcs, tokens, batch_size=4, progress=False)
+    monkeypatch.setattr(engine, "_FUSED_ERROR_EDGES", False)
+    plain = attribute(model, tcs, tokens, batch_size=4, progress=False)
+    _assert_same_edges(fused, plain)
+    assert len(fused.edge_weight) == len(plain.edge_weight)
+    from tc_circuits.graph.graph import NODE_TYPES
+
+    # the fused path wrote error edges (of transcoder layers), not just features
+    err = torch.nonzero(fused.nodes.type == NODE_TYPES.index("error")).squeeze(-1)
+    covered = err[torch.isin(fused.nodes.layer[err], torch.tensor([0, 1]))]
+    assert bool(torch.isin(fused.edge_source, covered).any())
+
+
 def test_position_layout_groups_features_by_position():
     model = make_model64()
     tcs = make_transcoders(model, activation="relu", layers=[1])

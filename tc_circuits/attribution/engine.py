@@ -81,6 +81,8 @@ logger = logging.getLogger(__name__)
 
 #: Use the position-batched feature-edge fast path (False: the plain reference; for tests/benchmarks).
 _FAST_FEATURE_EDGES = True
+#: Read the error edges in the feature-edge bmm (False: their own einsum; for tests/benchmarks).
+_FUSED_ERROR_EDGES = True
 #: Write edges into preallocated int32 buffers with running row sums (False: the reference
 #: list-of-pieces sink, concatenated at the end, and its ranker; for tests/benchmarks).
 _PREALLOCATED_EDGES = True
@@ -190,8 +192,15 @@ def _compute_rows(
             if lin.has_pos_embed:
                 sink.add(row_nodes, lay.pos0 + ar, torch.einsum("bpd,pd->bp", g, lin.pos_embed[:P]))
             continue
-        sink.add(row_nodes, lay.err0 + L * lay.P + ar, torch.einsum("bpd,pd->bp", g, lin.errors[L][:P]))
+        err_nodes = lay.err0 + L * lay.P + ar
         grads = {**grads, L: g} if keep else {L: g}
+        if _FUSED_ERROR_EDGES and layouts is not None and L in lin.transcoders and not keep and lin.features_in_layer(L).stop > lin.features_in_layer(L).start:
+            # the error edges ride in the feature bmm: g is read once for both
+            if L not in layouts:
+                layouts[L] = position_layout(lin, L)
+            feature_edges(lin, L, grads, row_nodes, sink, layouts[L], extra=(err_nodes, lin.errors[L]))
+            continue
+        sink.add(row_nodes, err_nodes, torch.einsum("bpd,pd->bp", g, lin.errors[L][:P]))
         if L not in lin.transcoders:
             continue
         if layouts is None:

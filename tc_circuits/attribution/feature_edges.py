@@ -88,12 +88,17 @@ def feature_edges(
     row_nodes: Tensor,
     sink: EdgeSink | ListEdgeSink,
     layout: PositionLayout,
+    extra: tuple[Tensor, Tensor] | None = None,
 ) -> None:
     """Fast path: one batched matmul over positions, ``w[:, p, :] = g[:, p, :] @ (a W_dec)[p]^T``.
 
     Reads ``g`` in place (no per-feature gather of ``[B, d]`` rows), so the work is one
     ``[P, B, d] x [P, d, kmax]`` bmm per chunk of positions. Equal to
     :func:`feature_edges_reference` (``tests/test_fast_paths.py``).
+
+    ``extra = (nodes [P], vectors [P, d])``: one more source per position read off the same
+    gradient (the engine passes the error nodes ``e[L, p]``): its column joins the bmm, so
+    ``g`` is read once for the features and the errors (per-layer transcoders only).
     """
     f, dev = lin.features, lin.device
     reads = _reads(lin, L, grads)
@@ -101,6 +106,8 @@ def feature_edges(
     if sl.start == sl.stop or not reads:  # no active feature in this layer (padding would index past the end)
         return
     B, P, d = reads[0][0].shape
+    if extra is not None and len(reads) != 1:
+        raise ValueError("extra sources need a per-layer transcoder (one decoder block)")
     kmax = int(layout.node.shape[1])
     step = max(1, (1 << 22) // max(1, kmax * max(B, d)))
     for p0 in range(0, P, step):
@@ -110,7 +117,12 @@ def feature_edges(
         for g, W_dec in reads:  # one decoder block per output layer (one for a per-layer transcoder)
             scale = torch.where(valid, f.activation[node], 0).to(dev, W_dec.dtype)
             vec = (W_dec[f.latent[node].to(dev)] * scale[..., None]).to(g.dtype)  # [p, kmax, d]
-            term = torch.bmm(g[:, p0:p1, :].transpose(0, 1), vec.transpose(1, 2))  # [p, B, kmax]
+            if extra is not None:
+                vec = torch.cat([vec, extra[1][p0:p1, None, :].to(g.dtype)], 1)  # [p, kmax + 1, d]
+            term = torch.bmm(g[:, p0:p1, :].transpose(0, 1), vec.transpose(1, 2))  # [p, B, kmax (+ 1)]
             w = term if w is None else w.add_(term)
+        if extra is not None:
+            sink.add(row_nodes, extra[0][p0:p1], w[:, :, kmax].t())
+            w = w[:, :, :kmax]
         w = torch.where(valid.to(dev)[:, None, :], w, 0).permute(1, 0, 2).reshape(B, -1)
         sink.add(row_nodes, node.reshape(-1), w)
