@@ -194,8 +194,9 @@ def _compute_rows(
             continue
         err_nodes = lay.err0 + L * lay.P + ar
         grads = {**grads, L: g} if keep else {L: g}
-        if _FUSED_ERROR_EDGES and layouts is not None and L in lin.transcoders and not keep and lin.features_in_layer(L).stop > lin.features_in_layer(L).start:
-            # the error edges ride in the feature bmm: g is read once for both
+        sl = lin.features_in_layer(L) if L in lin.transcoders else slice(0, 0)
+        if _FUSED_ERROR_EDGES and layouts is not None and not keep and sl.stop > sl.start:
+            # per-layer transcoder with active features: the error edges ride in the feature bmm (g read once)
             if L not in layouts:
                 layouts[L] = position_layout(lin, L)
             feature_edges(lin, L, grads, row_nodes, sink, layouts[L], extra=(err_nodes, lin.errors[L]))
