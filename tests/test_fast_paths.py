@@ -9,6 +9,7 @@ from attribution_helpers import make_model64, make_transcoders
 from tc_circuits.attribution import attribute
 from tc_circuits.attribution import engine
 from tc_circuits.attribution.feature_edges import position_layout
+from tc_circuits.graph.graph import NODE_TYPES
 
 
 def _dense(graph) -> dict[tuple[int, int], float]:
@@ -28,32 +29,31 @@ def _assert_same_edges(g1, g2) -> None:
     torch.testing.assert_close(wa, wb, rtol=1e-10, atol=1e-12)
 
 
+def _with_and_without(monkeypatch, flag: str, activation: str, layers: list[int], n_tokens: int, seed: int, batch: int):
+    """The same graph with the engine switch ``flag`` on, then off."""
+    model = make_model64()
+    tcs = make_transcoders(model, activation=activation, layers=layers)
+    tokens = torch.randint(0, 50, (n_tokens,), generator=torch.Generator().manual_seed(seed))
+    graphs = []
+    for on in (True, False):
+        monkeypatch.setattr(engine, flag, on)
+        graphs.append(attribute(model, tcs, tokens, batch_size=batch, progress=False))
+    return graphs
+
+
 @pytest.mark.parametrize("activation", ["topk", "relu"])  # relu: uneven features per position
 def test_position_batched_feature_edges_equal_reference(monkeypatch, activation):
-    model = make_model64()
-    tcs = make_transcoders(model, activation=activation, layers=[1])
-    tokens = torch.randint(0, 50, (9,), generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(engine, "_FAST_FEATURE_EDGES", True)
-    fast = attribute(model, tcs, tokens, batch_size=5, progress=False)
-    monkeypatch.setattr(engine, "_FAST_FEATURE_EDGES", False)
-    ref = attribute(model, tcs, tokens, batch_size=5, progress=False)
+    fast, ref = _with_and_without(monkeypatch, "_FAST_FEATURE_EDGES", activation, [1], 9, 1, 5)
     _assert_same_edges(fast, ref)
     assert len(fast.edge_weight) == len(ref.edge_weight)  # no duplicate or padding edges
 
 
 @pytest.mark.parametrize("activation", ["topk", "relu"])
 def test_error_edges_in_the_feature_bmm_equal_their_own_einsum(monkeypatch, activation):
-    model = make_model64()
-    tcs = make_transcoders(model, activation=activation, layers=[0, 1])  # plus mlp_const layers
-    tokens = torch.randint(0, 50, (11,), generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(engine, "_FUSED_ERROR_EDGES", True)
-    fused = attribute(model, tcs, tokens, batch_size=4, progress=False)
-    monkeypatch.setattr(engine, "_FUSED_ERROR_EDGES", False)
-    plain = attribute(model, tcs, tokens, batch_size=4, progress=False)
+    # transcoders on layers 0 and 1; the model's other layers are mlp_const
+    fused, plain = _with_and_without(monkeypatch, "_FUSED_ERROR_EDGES", activation, [0, 1], 11, 3, 4)
     _assert_same_edges(fused, plain)
     assert len(fused.edge_weight) == len(plain.edge_weight)
-    from tc_circuits.graph.graph import NODE_TYPES
-
     # the fused path wrote error edges (of transcoder layers), not just features
     err = torch.nonzero(fused.nodes.type == NODE_TYPES.index("error")).squeeze(-1)
     covered = err[torch.isin(fused.nodes.layer[err], torch.tensor([0, 1]))]
