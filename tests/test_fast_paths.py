@@ -328,3 +328,80 @@ def test_edge_sink_grows_past_its_capacity_and_compacts():
     want = torch.zeros(50, dtype=torch.float64).index_add_(0, rt, rw.double())
     assert torch.equal(fast.row_sum, want)
     assert torch.equal(fast.row_abs, torch.zeros(50, dtype=torch.float64).index_add_(0, rt, rw.double().abs()))
+
+
+@pytest.mark.parametrize("P, block", [(8, 2), (7, 3), (5, 256)])
+def test_causal_right_matmul_equals_dense(monkeypatch, P, block):
+    """The attention adjoint's transposed-layout product ``x @ A`` over causal patterns."""
+    import tc_circuits.attribution.adjoint_kernels as kz
+
+    monkeypatch.setattr(kz, "_CAUSAL_BLOCK", block)
+    gen = torch.Generator().manual_seed(P + 10)
+    A = torch.rand(3, P, P, dtype=torch.float64, generator=gen).tril()
+    x = torch.randn(3, 4, P, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(kz.causal_right_matmul(x, A), x @ A, rtol=1e-12, atol=1e-12)
+    # and it is the transpose of causal_transpose_matmul
+    xt = x.transpose(1, 2).contiguous()
+    torch.testing.assert_close(kz.causal_right_matmul(x, A), kz.causal_transpose_matmul(A, xt).transpose(1, 2))
+
+
+@pytest.mark.parametrize("center, weighted", [(True, True), (True, False), (False, True)])
+def test_norm_folded_into_the_matrix_equals_its_adjoint(center, weighted):
+    """``FrozenLN.fold``: ``adjoint(x @ M) == (x @ fold(M)) * inv_scale`` (LayerNorm / RMSNorm,
+    with and without a weight), the identity the transposed pass relies on."""
+    from tc_circuits.attribution.linearise import FrozenLN
+
+    gen = torch.Generator().manual_seed(11)
+    P, d, n = 5, 7, 6
+    ln = FrozenLN(
+        scale=torch.rand(P, dtype=torch.float64, generator=gen) + 0.5,
+        w=torch.randn(d, dtype=torch.float64, generator=gen) if weighted else None,
+        b=None,
+        center=center,
+    )
+    x = torch.randn(3, P, n, dtype=torch.float64, generator=gen)
+    M = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(
+        (x @ ln.fold(M)) * ln.inv_scale(P, torch.float64), ln.adjoint(x @ M), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_attention_adjoint_with_a_folded_read_back_equals_the_norm_after_it():
+    """``_attn_adjoint(..., W_V_T=fold(W_V^T))`` then ``1 / scale`` equals the plain adjoint
+    followed by the norm's adjoint, on the gathered, rank-one and dense paths."""
+    import tc_circuits.attribution.adjoint_kernels as kz
+    from tc_circuits.attribution.linearise import LinearisedModel
+
+    model = make_model64()
+    tcs = make_transcoders(model, layers=[0, 1])
+    tokens = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(12))
+    lin = LinearisedModel(model, tcs, tokens)
+    gen = torch.Generator().manual_seed(13)
+    B, P = 4, 8
+    g = torch.randn(B, P, model.cfg.d_model, dtype=torch.float64, generator=gen)
+    positions = torch.tensor([7, 3, 5, 6])
+    valid = positions[:, None] >= torch.arange(P)[None]
+    g = g * valid[..., None]
+    single = torch.tensor([False, True, False, False])
+    g[1, :3] = 0  # row 1 sits at its own position only (rank-one path)
+    for L in range(model.cfg.n_layers):
+        live, one = kz.attention_rows(valid, positions, torch.ones(B, dtype=torch.bool), single)
+        fast = lin._attn_adjoint(L, g, live, one, W_V_T=lin._folded("attn", L, g.dtype)) * lin.ln1[L].inv_scale(P, g.dtype)
+        ref = lin.ln1[L].adjoint(lin._attn_adjoint_reference(L, g))
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cached_decoder_rows_equal_per_batch_gather(monkeypatch):
+    """Feature edges read the scaled decoder rows kept for the graph or gathered per batch:
+    the same graph edge for edge."""
+    import tc_circuits.attribution.feature_edges as fe
+
+    model = make_model64(n_layers=3)
+    tcs = make_transcoders(model)
+    tokens = torch.randint(0, 50, (10,), generator=torch.Generator().manual_seed(14))
+    cached = attribute(model, tcs, tokens, batch_size=7, progress=False)
+    monkeypatch.setattr(fe, "_VECTOR_CACHE_BYTES", 0)
+    gathered = attribute(model, tcs, tokens, batch_size=7, progress=False)
+    assert torch.equal(cached.edge_target, gathered.edge_target)
+    assert torch.equal(cached.edge_source, gathered.edge_source)
+    torch.testing.assert_close(cached.edge_weight, gathered.edge_weight, rtol=1e-12, atol=1e-12)

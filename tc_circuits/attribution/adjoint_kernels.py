@@ -9,7 +9,9 @@ its own position only. These helpers pick the live pairs and run the ``d x d`` m
 * :func:`live_rows`: flat indices of the live pairs of a ``[B, P]`` mask (``None``: dense);
 * :func:`attention_rows`: which rows of an attention adjoint take the rank-one path;
 * :func:`rows_matmul`: ``x @ W`` on the live rows only;
-* :func:`causal_transpose_matmul`: ``pattern^T @ x`` skipping the zero key blocks.
+* :func:`causal_transpose_matmul`: ``pattern^T @ x`` skipping the zero key blocks;
+* :func:`causal_right_matmul`: ``x @ pattern`` (the same product, transposed layout: no copies
+  between the matmuls of the attention adjoint) skipping the same blocks.
 
 ``_SKIP_ZERO_ROWS = False`` turns the skipping off (the dense reference; tests compare the two).
 """
@@ -20,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-#: Key-block size of :func:`causal_transpose_matmul`; prompts up to twice this use one matmul.
+#: Key-block size of :func:`causal_transpose_matmul` / :func:`causal_right_matmul`; prompts up to twice this use one matmul.
 _CAUSAL_BLOCK = 256
 
 #: Skip the structurally zero (row, position) pairs in the transposed pass's ``d x d`` matmuls
@@ -96,4 +98,24 @@ def causal_transpose_matmul(A: Float[Tensor, "h q k"], x: Float[Tensor, "h q n"]
     for s in range(0, P, T):
         e = min(P, s + T)
         out[:, s:e] = A[:, s:, s:e].transpose(1, 2) @ x[:, s:]
+    return out
+
+
+def causal_right_matmul(x: Float[Tensor, "h n q"], A: Float[Tensor, "h q k"]) -> Float[Tensor, "h n k"]:
+    """``x @ A`` for causal (lower-triangular) attention patterns, skipping the zero blocks.
+
+    The transpose of :func:`causal_transpose_matmul` (``(A^T @ x^T)^T``): the attention adjoint
+    keeps its gradients as ``[heads, d_head * rows, positions]`` so that ``W_O``, the pattern and
+    ``W_V`` are three plain matmuls with no permuting copy between them. Key block ``[s, e)``
+    needs the queries from ``s`` on: ``x[..., s:] @ A[:, s:, s:e]``. Equal to ``x @ A``
+    (``tests/test_fast_paths.py``).
+    """
+    P = A.shape[-1]
+    T = _CAUSAL_BLOCK
+    if P <= 2 * T:
+        return torch.bmm(x, A)
+    out = torch.empty(A.shape[0], x.shape[1], P, dtype=x.dtype, device=x.device)
+    for s in range(0, P, T):
+        e = min(P, s + T)
+        out[:, :, s:e] = torch.bmm(x[:, :, s:], A[:, s:, s:e])
     return out

@@ -33,6 +33,14 @@ class PositionLayout(NamedTuple):
     """[P, kmax] feature node index (padding repeats the layer's first feature)."""
     valid: Tensor
     """[P, kmax] whether the slot holds a real feature."""
+    vectors: dict
+    """The scaled decoder rows ``(a W_dec)[p]`` (with the extra column), made on first use and
+    kept for the graph when they fit :data:`_VECTOR_CACHE_BYTES` (one per layout: per graph)."""
+
+
+#: Largest ``[P, kmax (+ 1), d]`` block of scaled decoder rows a layout keeps across batches
+#: (above it, e.g. long prompts, the rows are gathered per batch as before).
+_VECTOR_CACHE_BYTES = 64 * 2**20
 
 
 def position_layout(lin: LinearisedModel, L: int) -> PositionLayout:
@@ -48,7 +56,7 @@ def position_layout(lin: LinearisedModel, L: int) -> PositionLayout:
     valid = torch.zeros(P, kmax, dtype=torch.bool)
     node[pos, slot] = torch.arange(sl.start, sl.stop)
     valid[pos, slot] = True
-    return PositionLayout(node, valid)
+    return PositionLayout(node, valid, {})
 
 
 def _reads(lin: LinearisedModel, L: int, grads: Tensor | dict[int, Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -100,7 +108,7 @@ def feature_edges(
     gradient (the engine passes the error nodes ``e[L, p]``): its column joins the bmm, so
     ``g`` is read once for the features and the errors (per-layer transcoders only).
     """
-    f, dev = lin.features, lin.device
+    dev = lin.device
     reads = _reads(lin, L, grads)
     sl = lin.features_in_layer(L)
     if sl.start == sl.stop or not reads:  # no active feature in this layer (padding would index past the end)
@@ -110,15 +118,16 @@ def feature_edges(
         raise ValueError("extra sources need a per-layer transcoder (one decoder block)")
     kmax = int(layout.node.shape[1])
     step = max(1, (1 << 22) // max(1, kmax * max(B, d)))
+    full = _cached_vectors(lin, L, layout, reads, extra) if len(reads) == 1 else None
     for p0 in range(0, P, step):
         p1 = min(P, p0 + step)
         node, valid = layout.node[p0:p1], layout.valid[p0:p1]
         w = None
         for g, W_dec in reads:  # one decoder block per output layer (one for a per-layer transcoder)
-            scale = torch.where(valid, f.activation[node], 0).to(dev, W_dec.dtype)
-            vec = (W_dec[f.latent[node].to(dev)] * scale[..., None]).to(g.dtype)  # [p, kmax, d]
-            if extra is not None:
-                vec = torch.cat([vec, extra[1][p0:p1, None, :].to(g.dtype)], 1)  # [p, kmax + 1, d]
+            if full is not None:
+                vec = full[p0:p1]
+            else:
+                vec = _vectors(lin, node, valid, W_dec, g.dtype, None if extra is None else extra[1][p0:p1])
             term = torch.bmm(g[:, p0:p1, :].transpose(0, 1), vec.transpose(1, 2))  # [p, B, kmax (+ 1)]
             w = term if w is None else w.add_(term)
         if extra is not None:
@@ -126,3 +135,29 @@ def feature_edges(
             w = w[:, :, :kmax]
         w = torch.where(valid.to(dev)[:, None, :], w, 0).permute(1, 0, 2).reshape(B, -1)
         sink.add(row_nodes, node.reshape(-1), w)
+
+
+def _vectors(lin: LinearisedModel, node: Tensor, valid: Tensor, W_dec: Tensor, dtype, extra: Tensor | None) -> Tensor:
+    """``(a W_dec)`` of the slots ``node`` ``[p, kmax]`` (0 in padding), ``[p, kmax (+ 1), d]``
+    with ``extra`` ``[p, d]`` as one more column."""
+    f, dev = lin.features, lin.device
+    scale = torch.where(valid, f.activation[node], 0).to(dev, W_dec.dtype)
+    vec = (W_dec[f.latent[node].to(dev)] * scale[..., None]).to(dtype)  # [p, kmax, d]
+    if extra is not None:
+        vec = torch.cat([vec, extra[:, None, :].to(dtype)], 1)  # [p, kmax + 1, d]
+    return vec
+
+
+def _cached_vectors(lin, L, layout: PositionLayout, reads, extra) -> Tensor | None:
+    """Layer ``L``'s scaled decoder rows over every position, made once per graph (every batch
+    of rows reads the same ones); ``None`` when the block is over :data:`_VECTOR_CACHE_BYTES`."""
+    g, W_dec = reads[0]
+    key = (g.dtype, extra is not None)
+    if key not in layout.vectors:
+        P, kmax = layout.node.shape
+        size = P * (kmax + (extra is not None)) * W_dec.shape[1] * g.element_size()
+        layout.vectors[key] = (
+            _vectors(lin, layout.node, layout.valid, W_dec, g.dtype, None if extra is None else extra[1])
+            if size <= _VECTOR_CACHE_BYTES else None
+        )
+    return layout.vectors[key]

@@ -111,6 +111,21 @@ class FrozenLN:
             g.sub_(g.mean(-1, keepdim=True))
         return g
 
+    def fold(self, M: Float[Tensor, "n d"], affine: bool = True) -> Float[Tensor, "n d"]:
+        """``M`` with this norm's adjoint folded in, all but the per-position ``1 / scale``:
+        ``adjoint(x @ M) == (x @ fold(M)) * inv_scale`` (the weight ``w`` scales the columns,
+        centring subtracts each row's mean). The transposed pass then applies a norm with one
+        ``addcmul`` instead of a multiply, a mean and a subtraction over ``[batch, pos, d]``."""
+        if affine and self.w is not None:
+            M = M * self.w.to(M.dtype)
+        if self.center:
+            M = M - M.mean(-1, keepdim=True)
+        return M
+
+    def inv_scale(self, n_pos: int, dtype: torch.dtype) -> Float[Tensor, "pos 1"]:
+        """``1 / scale`` of the first ``n_pos`` positions, ``[n_pos, 1]``."""
+        return (1 / self.scale[:n_pos, None]).to(dtype)
+
 
 def _module(model, path: str):
     for part in path.split("."):
@@ -212,6 +227,7 @@ class LinearisedModel:
         del cache
         ov = [backend.attn_ov(model, L) for L in range(self.n_layers)]  # either backend; K/V heads expanded
         self.W_V, self.b_V, self.W_O, self.b_O = ([o[i] for o in ov] for i in range(4))
+        self._fold_cache: dict[tuple[str, int, torch.dtype], Tensor] = {}
         self._encode()
 
     # ------------------------------------------------------------------ transcoders
@@ -342,7 +358,9 @@ class LinearisedModel:
         """
         dev = self.device
         layers, positions = layers.to(dev), positions.to(dev)
-        vectors = vectors.to(dev, self.embed.dtype)
+        # detached: the pass writes into its temporaries with ``out=`` (test runs wrap this generator
+        # in a type checker, outside the ``no_grad`` above)
+        vectors = vectors.detach().to(dev, self.embed.dtype)
         B = int(layers.shape[0])
         P = int(positions.max()) + 1
         rows = torch.arange(B, device=dev)
@@ -361,85 +379,120 @@ class LinearisedModel:
         for L in range(min(top, self.n_layers - 1), -1, -1):
             if nonzero:
                 yield L, g
-            # below, only fresh temporaries are modified in place: a yielded ``g`` never changes
+            # below, only fresh temporaries are modified in place: a yielded ``g`` never changes.
+            # The norms' adjoints are folded into the matrices before them (:meth:`_folded`):
+            # ``h`` and the attention output come out centred (and ``w``-scaled), and one
+            # ``addcmul`` with ``1 / scale`` adds them to the residual gradient.
             tc = self.transcoders.get(L)
             sel = layers == L
-            h = None  # gradient at mlp_in (skip path + rows injected here)
+            h = None  # gradient at mlp_in (skip path + rows injected here), before the 1 / scale
             if nonzero and tc is not None and tc.W_skip is not None:
                 above = layers > L  # rows injected above this layer
                 live_in = kernels.live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
-                W_skip_T = tc.W_skip.detach().T.to(g.dtype)
-                h = kernels.rows_matmul(g.reshape(B * P, -1), W_skip_T, live_in).reshape(B, P, -1)
+                h = kernels.rows_matmul(g.reshape(B * P, -1), self._folded("skip", L, g.dtype), live_in).reshape(B, P, -1)
             if bool(sel.any()):
                 if h is None:
                     h = torch.zeros_like(g)
-                h[rows[sel], positions[sel]] += vectors[sel]
+                h[rows[sel], positions[sel]] += self.ln2[L].fold(vectors[sel], affine=False)
                 nonzero = True
             if not nonzero:
                 continue
             post = self.ln1_post[L]
+            inv1 = self.ln1[L].inv_scale(P, g.dtype)
+            W_V_T = self._folded("attn", L, g.dtype)
             if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
                 reads = layers > L  # the attention reads g: rows injected here enter below it
                 t = g if post is None else post.adjoint(g)
                 split = kernels.attention_rows(valid_pos, positions, reads, single)
-                g_new = self.ln1[L].adjoint(self._attn_adjoint(L, t, *split), inplace=True)
-                g_new.add_(g)
+                out = self._attn_adjoint(L, t, *split, W_V_T=W_V_T)
+                g_new = torch.addcmul(g, out, inv1, out=out)
                 if h is not None:
-                    g_new.add_(self.ln2[L].adjoint(h, affine=False, inplace=True))
+                    g_new.addcmul_(h, self.ln2[L].inv_scale(P, g.dtype))
                 g = g_new
                 single = (single & ~reads) | sel
                 continue
             if h is not None:  # g += ln2^T h
-                g = self.ln2[L].adjoint(h, affine=False, inplace=True).add_(g)
+                g = torch.addcmul(g, h, self.ln2[L].inv_scale(P, g.dtype), out=h)
             single = single | sel
             reads = layers >= L
             t = g if post is None else post.adjoint(g)
             split = kernels.attention_rows(valid_pos, positions, reads, single)
-            g = self.ln1[L].adjoint(self._attn_adjoint(L, t, *split), inplace=True).add_(g)
+            out = self._attn_adjoint(L, t, *split, W_V_T=W_V_T)
+            g = torch.addcmul(g, out, inv1, out=out)
             single = single & ~reads
         yield -1, g
 
     def _attn_adjoint(
-        self, L: int, g: Tensor, live: Tensor | None = None, single: tuple[Tensor, Tensor] | None = None
+        self,
+        L: int,
+        g: Tensor,
+        live: Tensor | None = None,
+        single: tuple[Tensor, Tensor] | None = None,
+        W_V_T: Tensor | None = None,
     ) -> Tensor:
         """Adjoint of the frozen attention (OV with cached patterns) as three plain matmuls.
 
+        The gradients are kept transposed, ``[heads * d_head, rows * positions]``: ``W_O``,
+        the pattern (one ``[d_head * rows, P] @ [P, P]`` matmul per head) and ``W_V`` then
+        follow one another with no permuting copy between them.
         ``live``: flat indices ``b * P + p`` of the (row, position) pairs that can be non-zero
         (:func:`live_rows`); the two ``d_model x d_model`` contractions skip the others, which
         are zero in ``g`` and in the result. ``single = (rows, positions)``: rows whose ``g`` is
         non-zero at that one position only (just injected); for them the result is
         ``sum_h A[h, p, k] (g[p] W_O[h]^T W_V[h]^T)`` at every key ``k``: two matmuls of one
         ``d``-vector per row instead of two per position (rank one in the positions). Rows in
-        ``single`` must not be in ``live``. Equal to :meth:`_attn_adjoint_reference`
-        (``tests/test_fast_paths.py``); faster because the contractions run as single 2-D
-        matmuls over the live rows only.
+        ``single`` must not be in ``live``. ``W_V_T``: the ``[heads * d_head, d_model]`` read-back
+        matrix to use instead of ``W_V^T`` (the transposed pass passes it with the next
+        LayerNorm's weight and centring folded in, :meth:`_folded`). Equal to
+        :meth:`_attn_adjoint_reference` (``tests/test_fast_paths.py``).
         """
         B, P, d = g.shape
-        W_O, W_V = self.W_O[L].to(g.dtype), self.W_V[L].to(g.dtype)
+        W_O = self.W_O[L].to(g.dtype)
         H, dh = W_O.shape[0], W_O.shape[1]
         A = self.patterns[L][:, :P, :P].to(g.dtype)
-        W_O_T = W_O.reshape(H * dh, d).T
-        W_V_T = W_V.permute(0, 2, 1).reshape(H * dh, d)
+        W_O_flat = W_O.reshape(H * dh, d)
+        if W_V_T is None:
+            W_V_T = self.W_V[L].to(g.dtype).permute(0, 2, 1).reshape(H * dh, d)
+        flat = g.reshape(B * P, d)
         if live is None:
-            gz = (g.reshape(B * P, d) @ W_O_T).reshape(B, P, H, dh)
-            gz = gz.permute(2, 1, 0, 3).reshape(H, P, B * dh)
-            gv = kernels.causal_transpose_matmul(A, gz).reshape(H, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, H * dh)
-            return (gv @ W_V_T).reshape(B, P, d)
-        out = g.new_zeros(B * P, d)
-        if live.numel():
-            b_idx, p_idx = live // P, live % P
-            gz = g.new_zeros(H, P, B, dh)
-            gz.permute(2, 1, 0, 3)[b_idx, p_idx] = (g.reshape(B * P, d)[live] @ W_O_T).reshape(-1, H, dh)
-            gv = kernels.causal_transpose_matmul(A, gz.reshape(H, P, B * dh)).reshape(H, P, B, dh).permute(2, 1, 0, 3)
-            out[live] = gv[b_idx, p_idx].reshape(-1, H * dh) @ W_V_T
-        out = out.reshape(B, P, d)
+            gz = (W_O_flat @ flat.T).view(H, dh * B, P)  # [(h, e), (b, p)]
+            gv = kernels.causal_right_matmul(gz, A).view(H * dh, B * P)
+            out = (gv.T @ W_V_T).view(B, P, d)
+        else:
+            out = g.new_zeros(B * P, d)
+            if live.numel():
+                gz = g.new_zeros(H * dh, B * P)
+                gz.index_copy_(1, live, W_O_flat @ flat.index_select(0, live).T)
+                gv = kernels.causal_right_matmul(gz.view(H, dh * B, P), A).view(H * dh, B * P)
+                out.index_copy_(0, live, gv.index_select(1, live).T @ W_V_T)
+            out = out.view(B, P, d)
         if single is not None:
             rows, pos = single
-            gz1 = (g[rows, pos] @ W_O_T).reshape(-1, H, dh)  # [n, H, dh]
-            U = torch.einsum("nhe,hde->nhd", gz1, W_V)  # [n, H, d]: each head's read-back of its value
+            gz1 = (g[rows, pos] @ W_O_flat.T).reshape(-1, H, dh)  # [n, H, dh]
+            # each head's read-back of its value: [H, n, dh] @ [H, dh, d]
+            U = torch.bmm(gz1.transpose(0, 1), W_V_T.view(H, dh, d)).transpose(0, 1)  # [n, H, d]
             coef = A[:, pos, :].permute(1, 2, 0)  # [n, P (keys), H]: A[h, pos_n, k]
             out[rows] = torch.bmm(coef, U)
         return out
+
+    def _folded(self, which: str, L: int, dtype: torch.dtype) -> Tensor:
+        """The transposed pass's matrices with the next norm's adjoint folded in
+        (:meth:`FrozenLN.fold`), made once per (matrix, layer, dtype) and kept for this prompt:
+        ``"attn"``: ``W_V^T`` ``[heads * d_head, d_model]`` folded with ``ln1`` (weight and
+        centring); ``"skip"``: ``W_skip^T`` folded with ``ln2``'s centring (the transcoder reads
+        the normalised input before ``w``). The folded pass equals autograd through the hooked
+        model (``tests/test_attribution.py``) and :meth:`FrozenLN.adjoint` on the plain matrices
+        (``tests/test_fast_paths.py``)."""
+        key = (which, L, dtype)
+        M = self._fold_cache.get(key)
+        if M is None:
+            if which == "attn":
+                W_V = self.W_V[L].to(dtype)
+                M = self.ln1[L].fold(W_V.permute(0, 2, 1).reshape(-1, W_V.shape[1]))
+            else:
+                M = self.ln2[L].fold(self.transcoders[L].W_skip.detach().T.to(dtype), affine=False)
+            self._fold_cache[key] = M = M.contiguous()
+        return M
 
     def _attn_adjoint_reference(self, L: int, g: Tensor) -> Tensor:
         """Plain reference of :meth:`_attn_adjoint` (einsums)."""
