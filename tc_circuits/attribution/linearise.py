@@ -36,7 +36,6 @@ to the positions and layers the targets can see.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -47,7 +46,9 @@ from tc_circuits.attribution import adjoint_kernels as kernels
 from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
-from tc_circuits.models.block_plan import NormPlan, block_plan
+from tc_circuits.attribution.frozen_norm import FrozenLN as FrozenLN
+from tc_circuits.attribution.frozen_norm import frozen_ln
+from tc_circuits.models.block_plan import block_plan
 from tc_circuits.models.block_plan import check_supported as check_supported
 from tc_circuits.models.sites import Site, global_hook
 
@@ -71,80 +72,6 @@ class FrozenOutput(NamedTuple):
     mlp_out: Float[Tensor, "layer pos d_model"]
     final_ln_out: Float[Tensor, "pos d_model"]
     """Output of the final LayerNorm (after its ``w``, ``b``): logits = this @ W_U + b_U."""
-
-
-@dataclass
-class FrozenLN:
-    """A LayerNorm / RMSNorm with its scale frozen: ``centre(x) / scale * w + b``.
-
-    TransformerLens' ``hook_normalized`` is ``centre(x) / scale`` *before* ``w`` and ``b``
-    (``affine=False``); the transcoder reads that value. Attention and the unembedding read
-    the affine output.
-    """
-
-    scale: Float[Tensor, " pos"]
-    w: Tensor | None
-    b: Tensor | None
-    center: bool
-
-    def apply(self, x: Tensor, affine: bool = True) -> Tensor:
-        if self.center:
-            x = x - x.mean(-1, keepdim=True)
-        y = x / self.scale[: x.shape[-2], None]
-        if affine and self.w is not None:
-            y = y * self.w
-        if affine and self.b is not None:
-            y = y + self.b
-        return y
-
-    def adjoint(self, g: Tensor, affine: bool = True, *, inplace: bool = False) -> Tensor:
-        """Transpose of the linear part, applied to a gradient ``[..., pos, d]``.
-
-        ``w / scale`` is applied as one ``[pos, d]`` factor; ``inplace=True`` overwrites ``g``
-        (the transposed pass uses it on its own temporaries: no ``[batch, pos, d]`` copies).
-        """
-        f = 1 / self.scale[: g.shape[-2], None]
-        if affine and self.w is not None:
-            f = f * self.w
-        g = g.mul_(f) if inplace else g * f
-        if self.center:
-            g.sub_(g.mean(-1, keepdim=True))
-        return g
-
-    def fold(self, M: Float[Tensor, "n d"], affine: bool = True) -> Float[Tensor, "n d"]:
-        """``M`` with this norm's adjoint folded in, all but the per-position ``1 / scale``:
-        ``adjoint(x @ M) == (x @ fold(M)) * inv_scale`` (the weight ``w`` scales the columns,
-        centring subtracts each row's mean). The transposed pass then applies a norm with one
-        ``addcmul`` instead of a multiply, a mean and a subtraction over ``[batch, pos, d]``."""
-        if affine and self.w is not None:
-            M = M * self.w.to(M.dtype)
-        if self.center:
-            M = M - M.mean(-1, keepdim=True)
-        return M
-
-    def inv_scale(self, n_pos: int, dtype: torch.dtype) -> Float[Tensor, "pos 1"]:
-        """``1 / scale`` of the first ``n_pos`` positions, ``[n_pos, 1]``."""
-        return (1 / self.scale[:n_pos, None]).to(dtype)
-
-
-def _module(model, path: str):
-    for part in path.split("."):
-        model = model[int(part)] if part.isdigit() else getattr(model, part)
-    return model
-
-
-def _frozen_ln(model, plan: NormPlan, cache, n_pos: int, device) -> FrozenLN:
-    """The norm ``plan`` with its scale fixed to the cached value (identity when there is none)."""
-    if plan.kind is None:
-        return FrozenLN(torch.ones(n_pos, device=device), None, None, False)
-    module = _module(model, plan.module)
-    w, b = getattr(module, "w", None), getattr(module, "b", None)
-    return FrozenLN(
-        cache[plan.scale_hook][0, :, 0].detach(),
-        None if w is None else w.detach(),
-        None if b is None else b.detach(),
-        plan.kind == "LN",
-    )
 
 
 def check_transcoders(model, transcoders) -> None:
@@ -207,23 +134,28 @@ class LinearisedModel:
         P = self.n_pos
 
         self.embed = cache[global_hook("embed", model)][0].detach()
+        #: the dtype of the linear model and its transposed pass: the model's (half-precision
+        #: models' float32 norm outputs, scales and patterns are cast to it)
+        self.dtype = dt = self.embed.dtype
         self.pos_embed = (
             cache[global_hook("pos_embed", model)][0].detach() if self.has_pos_embed else torch.zeros_like(self.embed)
         )
-        self.ln_final = _frozen_ln(model, plan.ln_final, cache, P, device)
-        normalized = cache[final_name][0].detach()
+        self.ln_final = frozen_ln(model, plan.ln_final, cache, P, device, dt)
+        # TransformerLens normalises half-precision models in float32 and casts after
+        # ``hook_normalized``: the same cast here (a no-op in float32 / float64)
+        normalized = cache[final_name][0].detach().to(dt)
         lnf = self.ln_final
         self.final_ln_out = normalized * (1 if lnf.w is None else lnf.w) + (0 if lnf.b is None else lnf.b)
         #: the real model's logits at the last position (soft-capped when the model caps them)
         self.last_logits = self.softcap(self.logits_at(self.final_ln_out[-1:]))[0]
-        self.ln1 = [_frozen_ln(model, p, cache, P, device) for p in plan.ln1]
-        self.ln2 = [_frozen_ln(model, p, cache, P, device) for p in plan.ln2]
-        self.ln1_post = [None if p is None else _frozen_ln(model, p, cache, P, device) for p in plan.ln1_post]
+        self.ln1 = [frozen_ln(model, p, cache, P, device, dt) for p in plan.ln1]
+        self.ln2 = [frozen_ln(model, p, cache, P, device, dt) for p in plan.ln2]
+        self.ln1_post = [None if p is None else frozen_ln(model, p, cache, P, device, dt) for p in plan.ln1_post]
         self.patterns, self.mlp_in, self.mlp_out = [], [], []
         for L in range(self.n_layers):
-            self.patterns.append(cache[Site(L, "attn_pattern").hook_for(model)][0].detach())
-            self.mlp_in.append(cache[Site(L, "mlp_in").hook_for(model)][0].detach())
-            self.mlp_out.append(cache[Site(L, "mlp_out").hook_for(model)][0].detach())
+            self.patterns.append(cache[Site(L, "attn_pattern").hook_for(model)][0].detach().to(dt))
+            self.mlp_in.append(cache[Site(L, "mlp_in").hook_for(model)][0].detach().to(dt))
+            self.mlp_out.append(cache[Site(L, "mlp_out").hook_for(model)][0].detach().to(dt))
         del cache
         ov = [backend.attn_ov(model, L) for L in range(self.n_layers)]  # either backend; K/V heads expanded
         self.W_V, self.b_V, self.W_O, self.b_O = ([o[i] for o in ov] for i in range(4))
@@ -298,9 +230,10 @@ class LinearisedModel:
         """
         dev, P = self.device, self.n_pos
         acts = (self.features.activation if feature_acts is None else feature_acts).to(dev)
-        es = torch.ones(self.n_layers, P, device=dev) if error_scale is None else error_scale.to(dev)
-        x = self.embed * (1 if embed_scale is None else embed_scale.to(dev)[:, None])
-        x = x + self.pos_embed * (1 if pos_scale is None else pos_scale.to(dev)[:, None])
+        dt = self.dtype
+        es = torch.ones(self.n_layers, P, device=dev, dtype=dt) if error_scale is None else error_scale.to(dev, dt)
+        x = self.embed * (1 if embed_scale is None else embed_scale.to(dev, dt)[:, None])
+        x = x + self.pos_embed * (1 if pos_scale is None else pos_scale.to(dev, dt)[:, None])
         mids, ins, outs = [], [], []
         dense_by_layer: dict[int, Tensor] = {}
         for L in range(self.n_layers):
