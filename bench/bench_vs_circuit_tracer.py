@@ -71,7 +71,8 @@ def prepare(case: dict, workdir: Path) -> None:
     torch.save({"tokens": tokens, "targets": targets, "k": tcs[0].cfg.k}, workdir / "inputs.pt")
 
 
-def _cfg(workdir: Path):
+def _cfg(workdir: Path, dtype: str = "float32"):
+    import torch
     from transformer_lens import HookedTransformerConfig
 
     raw = json.loads((workdir / "cfg.json").read_text())
@@ -79,6 +80,7 @@ def _cfg(workdir: Path):
     for k in ("dtype", "device", "n_params", "tokenizer_prepends_bos", "original_architecture"):
         keep.pop(k, None)
     keep["device"] = "cpu"
+    keep["dtype"] = getattr(torch, dtype)  # a half-precision case: both sides' models and transcoders in it
     return HookedTransformerConfig(**keep)
 
 
@@ -107,15 +109,19 @@ def run_ours(workdir: Path, job: dict) -> dict:
     from tc_circuits.attribution import Target, attribute
     from tc_circuits.formats import load_circuit_tracer
 
+    dtype = job.get("dtype", "float32")
     if _family_cases.is_family(workdir):
+        if dtype != "float32":
+            raise ValueError("the family cases run in float32 only")
         model, tcs = _family_cases.load_ours(workdir)
     else:
-        model = HookedTransformer(_cfg(workdir))
+        model = HookedTransformer(_cfg(workdir, dtype))
         model.load_state_dict(torch.load(workdir / "model.pt"))
         model.eval()
         from tc_circuits.models.model_info import weight_processing
 
         tcs = load_circuit_tracer(workdir / "tcs", processing=weight_processing(model))
+        tcs = {L: tc.to(getattr(torch, dtype)) for L, tc in tcs.items()}
         model.cfg.model_name = tcs[0].cfg.model_name  # the bench model is rebuilt from its cfg; same weights
     inp = torch.load(workdir / "inputs.pt")
     V = model.cfg.d_vocab
@@ -150,7 +156,7 @@ def run_ct(workdir: Path, job: dict) -> dict:
     if _family_cases.is_family(workdir):
         model = _family_cases.load_ct(workdir)
     else:
-        model = _ct_rebuilt(workdir, inp)
+        model = _ct_rebuilt(workdir, inp, job.get("dtype", "float32"))
 
     def run():
         return attribute(inp["tokens"], model, attribution_targets=inp["targets"],
@@ -171,7 +177,7 @@ def run_ct(workdir: Path, job: dict) -> dict:
     return out
 
 
-def _ct_rebuilt(workdir: Path, inp: dict):
+def _ct_rebuilt(workdir: Path, inp: dict, dtype: str = "float32"):
     """circuit-tracer's model rebuilt from the bench model's cfg + weights, with TopK transcoders."""
     import torch
     import yaml
@@ -186,13 +192,13 @@ def _ct_rebuilt(workdir: Path, inp: dict):
     for L, name in enumerate(conf["transcoders"]):
         sd = load_file(workdir / "tcs" / name)
         n, d = sd["W_enc"].shape
-        tc = SingleLayerTranscoder(d, n, TopK(inp["k"]), L, skip_connection="W_skip" in sd, dtype=torch.float32,
+        tc = SingleLayerTranscoder(d, n, TopK(inp["k"]), L, skip_connection="W_skip" in sd, dtype=getattr(torch, dtype),
                                    device=torch.device("cpu"))
-        tc.load_state_dict(sd)
+        tc.load_state_dict(sd)  # cast to the transcoder's dtype
         layers[L] = tc
     tset = TranscoderSet(layers, feature_input_hook=conf["feature_input_hook"],
                          feature_output_hook=conf["feature_output_hook"], scan="bench")
-    model = TransformerLensReplacementModel.from_config(_cfg(workdir), tset)
+    model = TransformerLensReplacementModel.from_config(_cfg(workdir, dtype), tset)
     sd = torch.load(workdir / "model.pt")
     ren = {}
     for k, v in sd.items():
@@ -271,7 +277,11 @@ def compare(ours_path: Path, ct_path: Path) -> dict:
     col_ok[[ct_index[("e", layer, 0)] for layer in range(L)]] = False  # circuit-tracer zeroes position-0 errors
     sub_o, sub_c = ours_dense[row_ok][:, col_ok], A[row_ok][:, col_ok]
     scale = float(sub_c.abs().max())
-    return {"rows_compared": int(row_ok.sum()), "cols_compared": int(col_ok.sum()),
+    diff = (sub_o - sub_c).abs()
+    r, k = divmod(int(diff.argmax()), diff.shape[1])
+    worst = {"row": keys[int(torch.nonzero(row_ok)[r])], "col": keys[int(torch.nonzero(col_ok)[k])],
+             "ours": float(sub_o[r, k]), "ct": float(sub_c[r, k])}
+    return {"worst": worst, "rows_compared": int(row_ok.sum()), "cols_compared": int(col_ok.sum()),
             "edges_compared": int((sub_c != 0).sum()),
             "max_abs_diff": float((sub_o - sub_c).abs().max()), "max_abs_edge": scale,
             "max_rel_diff": float((sub_o - sub_c).abs().max()) / max(scale, 1e-30)}
@@ -319,6 +329,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per side run; slower runs are killed")
     ap.add_argument("--cases", help="JSON list of cases (overrides the built-in ones), or comma-separated "
                     f"preset names: {', '.join(_family_cases.NAMED)}")
+    ap.add_argument("--compare-only", action="store_true", help="skip the timed runs: one run per side, edges compared")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "vs_circuit_tracer.md"))
     args = ap.parse_args()
     if args.side:
@@ -345,9 +356,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             wd = Path(tmp)
             prepare(case, wd)
-            job = {"max_feature_nodes": case["max_feature_nodes"], "batch": case["batch"], "warm": args.warm}
+            job = {"max_feature_nodes": case["max_feature_nodes"], "batch": case["batch"], "warm": args.warm,
+                   "dtype": case.get("dtype", "float32")}
             best: dict[str, dict] = {}
-            for _ in range(args.repeats):
+            for _ in range(0 if args.compare_only else args.repeats):
                 for which, py in (("ours", OURS_PY), ("ct", PEER_PY)):
                     r = side(py, which, wd, job, args.threads, args.mem_gib, args.timeout)
                     print(case["name"], case["length"], which, r, flush=True)
@@ -362,13 +374,14 @@ def main() -> None:
                         prev = best[which].get("best_cpu")
                         best[which]["best_cpu"] = min(prev or 1e30, r["cpu_seconds"])
             cmp = {}
-            if all("error" not in best[w] for w in best):
+            if args.compare_only or all("error" not in best[w] for w in best):
                 print(side(OURS_PY, "ours", wd, {**job, "warm": 0, "dump": str(wd / "o.pt")}, args.threads, args.mem_gib))
                 print(side(PEER_PY, "ct", wd, {**job, "warm": 0, "dump": str(wd / "c.pt")}, args.threads, args.mem_gib))
                 cmp = compare(wd / "o.pt", wd / "c.pt")
                 print("compare", cmp, flush=True)
-            rows.append({"case": case, "ours": best["ours"], "ct": best["ct"], "cmp": cmp})
-    write(rows, args)
+            rows.append({"case": case, "ours": best.get("ours"), "ct": best.get("ct"), "cmp": cmp})
+    if not args.compare_only:
+        write(rows, args)
 
 
 def _fmt(r: dict, key: str, f: str) -> str:
@@ -396,7 +409,7 @@ def write(rows: list[dict], args) -> None:
         cpu = (f"{co:.2f} / {ct_:.2f} | {ct_ / co:.2f}x" if ok and co and ct_ else "- | -") + " | " + (
             f"{cwo:.2f} / {cwt:.2f} | {cwt / cwo:.2f}x" if ok and cwo and cwt else "- | -")
         lines.append(
-            f"| {c['name']} | {c['length']} | {c['n_targets']} | {o.get('expanded', '-')} / {t.get('expanded', '-')} | "
+            f"| {c['name']}{'' if c.get('dtype', 'float32') == 'float32' else ', ' + c['dtype']} | {c['length']} | {c['n_targets']} | {o.get('expanded', '-')} / {t.get('expanded', '-')} | "
             f"{o.get('active', '-')} / {t.get('active', '-')} | {_fmt(o, 'seconds', '.2f')} | {_fmt(t, 'seconds', '.2f')} | {sp} | "
             f"{wo and format(wo, '.2f') or '-'} | {wt and format(wt, '.2f') or '-'} | {wsp} | {cpu} | "
             f"{_fmt(o, 'peak_rss_mb', '.0f')} | {_fmt(t, 'peak_rss_mb', '.0f')} | {o.get('edges', 0):,} / {t.get('edges', 0):,} | {agree} |"
