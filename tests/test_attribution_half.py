@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 
 from tc_circuits.attribution import attribute, logit_target
 from tc_circuits.attribution.exactness import default_exactness_tol
+from tc_circuits.graph import AttributionGraph, to_json_dict, validate_json_dict
 from tc_circuits.graph.graph import type_code
 
 #: largest |edge - float32 edge| over the largest |edge|, measured (bfloat16 / float16) 0.7 % / 0.1 %
@@ -80,3 +81,19 @@ def test_half_precision_graph_is_exact_and_agrees_with_float32(dtype, coder_dtyp
     tv_ref = ref.nodes.value[ref.target_indices].double()
     tv = g.nodes.value[g.target_indices].double()
     assert torch.allclose(tv, tv_ref, rtol=0.05, atol=0.05 * float(tv_ref.abs().max()))
+
+
+def test_bfloat16_graph_saves_loads_and_exports(tmp_path):
+    model = make_tiny_model()
+    tcs = make_transcoders(model, activation="topk", skip=True)
+    half = _half(model, torch.bfloat16)
+    g = attribute(half, tcs, torch.arange(1, 9), progress=False)
+    assert g.edge_weight.dtype == torch.bfloat16  # edges kept in the model's dtype
+    g.save(tmp_path / "g")
+    back = AttributionGraph.load(tmp_path / "g")
+    assert torch.equal(back.edge_weight, g.edge_weight) and torch.equal(back.edge_source, g.edge_source)
+    data = to_json_dict(g, slug="bf16")
+    validate_json_dict(data)
+    # the exported link weights are the graph's (pruned) edges as Python floats
+    w = {float(x) for x in g.edge_weight.float().tolist()}
+    assert data["links"] and all(link["weight"] in w for link in data["links"])
