@@ -389,6 +389,16 @@ def test_attention_adjoint_with_a_folded_read_back_equals_the_norm_after_it():
         fast = lin._attn_adjoint(L, g, live, one, W_V_T=lin._folded("attn", L, g.dtype)) * lin.ln1[L].inv_scale(P, g.dtype)
         ref = lin.ln1[L].adjoint(lin._attn_adjoint_reference(L, g))
         torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    # every row rank one (all just injected): the result is written by one bmm, no zero buffer
+    g1 = torch.zeros_like(g)
+    g1[torch.arange(B), positions] = torch.randn(B, model.cfg.d_model, dtype=torch.float64, generator=gen)
+    all_single = torch.ones(B, dtype=torch.bool)
+    for L in range(model.cfg.n_layers):
+        live, one = kz.attention_rows(valid, positions, torch.ones(B, dtype=torch.bool), all_single)
+        assert live is not None and not live.numel() and one[0].numel() == B
+        fast = lin._attn_adjoint(L, g1, live, one, W_V_T=lin._folded("attn", L, g1.dtype)) * lin.ln1[L].inv_scale(P, g1.dtype)
+        ref = lin.ln1[L].adjoint(lin._attn_adjoint_reference(L, g1))
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_cached_decoder_rows_equal_per_batch_gather(monkeypatch):

@@ -142,9 +142,13 @@ def _vectors(lin: LinearisedModel, node: Tensor, valid: Tensor, W_dec: Tensor, d
     with ``extra`` ``[p, d]`` as one more column."""
     f, dev = lin.features, lin.device
     scale = torch.where(valid, f.activation[node], 0).to(dev, W_dec.dtype)
-    vec = (W_dec[f.latent[node].to(dev)] * scale[..., None]).to(dtype)  # [p, kmax, d]
+    p, kmax = node.shape
+    # written in place into one [p, kmax (+ 1), d] block: no concatenation copy
+    vec = torch.empty(p, kmax + (extra is not None), W_dec.shape[1], device=dev, dtype=dtype)
+    rows = W_dec.index_select(0, f.latent[node].reshape(-1).to(dev)).view(p, kmax, -1)
+    torch.mul(rows, scale[..., None], out=vec[:, :kmax])
     if extra is not None:
-        vec = torch.cat([vec, extra[:, None, :].to(dtype)], 1)  # [p, kmax + 1, d]
+        vec[:, kmax] = extra
     return vec
 
 

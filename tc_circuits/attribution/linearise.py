@@ -323,10 +323,13 @@ class LinearisedModel:
                 above = layers > L  # rows injected above this layer
                 live_in = kernels.live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
                 h = kernels.rows_matmul(g.reshape(B * P, -1), self._folded("skip", L, g.dtype), live_in).reshape(B, P, -1)
+            inj = None  # rows injected here with no skip path: (rows, positions, vectors), added in place
             if bool(sel.any()):
+                v_in = self.ln2[L].fold(vectors[sel], affine=False)
                 if h is None:
-                    h = torch.zeros_like(g)
-                h[rows[sel], positions[sel]] += self.ln2[L].fold(vectors[sel], affine=False)
+                    inj = (rows[sel], positions[sel], v_in)
+                else:
+                    h[rows[sel], positions[sel]] += v_in
                 nonzero = True
             if not nonzero:
                 continue
@@ -341,11 +344,18 @@ class LinearisedModel:
                 g_new = torch.addcmul(g, out, inv1, out=out)
                 if h is not None:
                     g_new.addcmul_(h, self.ln2[L].inv_scale(P, g.dtype))
+                elif inj is not None:
+                    r, p, v = inj
+                    g_new[r, p] += v * self.ln2[L].inv_scale(P, g.dtype)[p]
                 g = g_new
                 single = (single & ~reads) | sel
                 continue
             if h is not None:  # g += ln2^T h
                 g = torch.addcmul(g, h, self.ln2[L].inv_scale(P, g.dtype), out=h)
+            elif inj is not None:  # only the injected entries change: a copy, not a zero [B, P, d] h
+                r, p, v = inj
+                g = g.clone()
+                g[r, p] += v * self.ln2[L].inv_scale(P, g.dtype)[p]
             single = single | sel
             reads = layers >= L
             t = g if post is None else post.adjoint(g)
@@ -391,6 +401,8 @@ class LinearisedModel:
             gz = (W_O_flat @ flat.T).view(H, dh * B, P)  # [(h, e), (b, p)]
             gv = kernels.causal_right_matmul(gz, A).view(H * dh, B * P)
             out = (gv.T @ W_V_T).view(B, P, d)
+        elif single is not None and not live.numel() and single[0].numel() == B:
+            out = None  # every row is rank one: the bmm below writes all of ``out``
         else:
             out = g.new_zeros(B * P, d)
             if live.numel():
@@ -405,7 +417,10 @@ class LinearisedModel:
             # each head's read-back of its value: [H, n, dh] @ [H, dh, d]
             U = torch.bmm(gz1.transpose(0, 1), W_V_T.view(H, dh, d)).transpose(0, 1)  # [n, H, d]
             coef = A[:, pos, :].permute(1, 2, 0)  # [n, P (keys), H]: A[h, pos_n, k]
-            out[rows] = torch.bmm(coef, U)
+            if out is None:
+                out = torch.bmm(coef, U)  # rows == arange(B)
+            else:
+                out[rows] = torch.bmm(coef, U)
         return out
 
     def _folded(self, which: str, L: int, dtype: torch.dtype) -> Tensor:
