@@ -389,6 +389,27 @@ def test_attention_adjoint_with_a_folded_read_back_equals_the_norm_after_it():
         fast = lin._attn_adjoint(L, g, live, one, W_V_T=lin._folded("attn", L, g.dtype)) * lin.ln1[L].inv_scale(P, g.dtype)
         ref = lin.ln1[L].adjoint(lin._attn_adjoint_reference(L, g))
         torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    # an attention post-norm (Gemma's ln1_post): RMSNorm folded into W_O and the pattern, LayerNorm applied first
+    from tc_circuits.attribution.frozen_norm import FrozenLN
+
+    d = model.cfg.d_model
+    for center in (False, True):
+        post = FrozenLN(
+            torch.rand(P, dtype=torch.float64, generator=gen) + 0.5,
+            torch.randn(d, dtype=torch.float64, generator=gen), None, center,
+        )
+        for L in range(model.cfg.n_layers):
+            lin.ln1_post[L] = post
+            lin._fold_cache.clear()
+            for sg in (single, torch.zeros(B, dtype=torch.bool)):  # gathered + rank-one, gathered only
+                live, one = kz.attention_rows(valid, positions, torch.ones(B, dtype=torch.bool), sg)
+                fast = lin._attn_adjoint(L, g, live, one, W_V_T=lin._folded("attn", L, g.dtype), post=post)
+                ref = lin.ln1[L].adjoint(lin._attn_adjoint_reference(L, post.adjoint(g)))
+                torch.testing.assert_close(fast * lin.ln1[L].inv_scale(P, g.dtype), ref, rtol=1e-12, atol=1e-12)
+            fast = lin._attn_adjoint(L, g, None, None, post=post)  # dense
+            torch.testing.assert_close(fast, lin._attn_adjoint_reference(L, post.adjoint(g)), rtol=1e-12, atol=1e-12)
+            lin.ln1_post[L] = None
+    lin._fold_cache.clear()
     # every row rank one (all just injected): the result is written by one bmm, no zero buffer
     g1 = torch.zeros_like(g)
     g1[torch.arange(B), positions] = torch.randn(B, model.cfg.d_model, dtype=torch.float64, generator=gen)

@@ -338,9 +338,8 @@ class LinearisedModel:
             W_V_T = self._folded("attn", L, g.dtype)
             if self.parallel:  # resid_post = resid_pre + attn(ln1 resid_pre) + mlp(ln2 resid_pre)
                 reads = layers > L  # the attention reads g: rows injected here enter below it
-                t = g if post is None else post.adjoint(g)
                 split = kernels.attention_rows(valid_pos, positions, reads, single)
-                out = self._attn_adjoint(L, t, *split, W_V_T=W_V_T)
+                out = self._attn_adjoint(L, g, *split, W_V_T=W_V_T, post=post)
                 g_new = torch.addcmul(g, out, inv1, out=out)
                 if h is not None:
                     g_new.addcmul_(h, self.ln2[L].inv_scale(P, g.dtype))
@@ -358,9 +357,8 @@ class LinearisedModel:
                 g[r, p] += v * self.ln2[L].inv_scale(P, g.dtype)[p]
             single = single | sel
             reads = layers >= L
-            t = g if post is None else post.adjoint(g)
             split = kernels.attention_rows(valid_pos, positions, reads, single)
-            out = self._attn_adjoint(L, t, *split, W_V_T=W_V_T)
+            out = self._attn_adjoint(L, g, *split, W_V_T=W_V_T, post=post)
             g = torch.addcmul(g, out, inv1, out=out)
             single = single & ~reads
         yield -1, g
@@ -372,6 +370,7 @@ class LinearisedModel:
         live: Tensor | None = None,
         single: tuple[Tensor, Tensor] | None = None,
         W_V_T: Tensor | None = None,
+        post: FrozenLN | None = None,
     ) -> Tensor:
         """Adjoint of the frozen attention (OV with cached patterns) as three plain matmuls.
 
@@ -386,14 +385,23 @@ class LinearisedModel:
         ``d``-vector per row instead of two per position (rank one in the positions). Rows in
         ``single`` must not be in ``live``. ``W_V_T``: the ``[heads * d_head, d_model]`` read-back
         matrix to use instead of ``W_V^T`` (the transposed pass passes it with the next
-        LayerNorm's weight and centring folded in, :meth:`_folded`). Equal to
-        :meth:`_attn_adjoint_reference` (``tests/test_fast_paths.py``).
+        LayerNorm's weight and centring folded in, :meth:`_folded`). ``post``: an attention
+        post-norm (Gemma's ``ln1_post``) whose adjoint comes first, ``_attn_adjoint(post.adjoint(g))``;
+        without centring (RMSNorm) it is folded in: its weight into ``W_O`` (:meth:`_folded`,
+        ``"post"``) and its ``1 / scale`` into the pattern's query rows, so ``g`` is not rescaled
+        (a LayerNorm post-norm is applied to ``g`` first). Equal to :meth:`_attn_adjoint_reference`
+        (``tests/test_fast_paths.py``).
         """
+        if post is not None and post.center:
+            g, post = post.adjoint(g), None
         B, P, d = g.shape
         W_O = self.W_O[L].to(g.dtype)
         H, dh = W_O.shape[0], W_O.shape[1]
         A = self.patterns[L][:, :P, :P].to(g.dtype)
         W_O_flat = W_O.reshape(H * dh, d)
+        if post is not None:  # M @ (g * w / scale[q]) == (M * w) @ g, then 1 / scale[q] on the pattern's rows
+            W_O_flat = self._folded("post", L, g.dtype)
+            A = A * post.inv_scale(P, g.dtype)[None]
         if W_V_T is None:
             W_V_T = self.W_V[L].to(g.dtype).permute(0, 2, 1).reshape(H * dh, d)
         flat = g.reshape(B * P, d)
@@ -427,7 +435,8 @@ class LinearisedModel:
         """The transposed pass's matrices with the next norm's adjoint folded in
         (:meth:`FrozenLN.fold`), made once per (matrix, layer, dtype) and kept for this prompt:
         ``"attn"``: ``W_V^T`` ``[heads * d_head, d_model]`` folded with ``ln1`` (weight and
-        centring); ``"skip"``: ``W_skip^T`` folded with ``ln2``'s centring (the transcoder reads
+        centring); ``"post"``: ``W_O`` ``[heads * d_head, d_model]`` times the attention post-norm's
+        weight; ``"skip"``: ``W_skip^T`` folded with ``ln2``'s centring (the transcoder reads
         the normalised input before ``w``). The folded pass equals autograd through the hooked
         model (``tests/test_attribution.py``) and :meth:`FrozenLN.adjoint` on the plain matrices
         (``tests/test_fast_paths.py``)."""
@@ -437,6 +446,9 @@ class LinearisedModel:
             if which == "attn":
                 W_V = self.W_V[L].to(dtype)
                 M = self.ln1[L].fold(W_V.permute(0, 2, 1).reshape(-1, W_V.shape[1]))
+            elif which == "post":  # W_O [heads * d_head, d_model] with the post-norm's weight (no centring)
+                W_O, w = self.W_O[L].to(dtype), self.ln1_post[L].w
+                M = W_O.reshape(-1, W_O.shape[-1]) * (1 if w is None else w.to(dtype))
             else:
                 M = self.ln2[L].fold(self.transcoders[L].W_skip.detach().T.to(dtype), affine=False)
             self._fold_cache[key] = M = M.contiguous()
