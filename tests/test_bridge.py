@@ -256,6 +256,22 @@ def test_train_splice_evaluate_save_load(hf_dir, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bfloat16_bridge_graph_is_exact_to_its_rounding(hf_dir, llama_dir, tokenizer, family):
+    """A bridge loaded in bfloat16 is attributed in bfloat16 (Hugging Face norms compute in float32):
+    the row sums hold to the bfloat16 tolerance and the target matches the float32 graph's to rounding."""
+    folder = hf_dir if family == "gpt2" else llama_dir
+    m32 = _bridge(folder, tokenizer, processed=True, dtype=torch.float32)
+    tcs = {L: tc.float() for L, tc in _transcoders(m32).items()}
+    targets = [logit_target(5, D_VOCAB)]
+    ref = attribute(m32, tcs, _tokens(), targets=targets, progress=False)
+    g = attribute(_bridge(folder, tokenizer, processed=True, dtype=torch.bfloat16), tcs, _tokens(),
+                  targets=targets, progress=False)  # raises if the bfloat16 tolerance (5e-2) is not met
+    assert 1e-5 < g.metadata["exactness_max_rel_dev"] < 5e-2  # really bfloat16 (measured 3.5e-3 / 3.7e-3)
+    v, v32 = float(g.nodes.value[g.target_indices][0]), float(ref.nodes.value[ref.target_indices][0])
+    assert v == pytest.approx(v32, rel=0.05, abs=0.05)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("processed", [False, True])
 def test_attribution_exact_and_edges_match_interventions(hf_dir, llama_dir, tokenizer, processed, family):
     model = _bridge(hf_dir if family == "gpt2" else llama_dir, tokenizer, processed=processed)
