@@ -364,7 +364,8 @@ def main() -> None:
                     r = side(py, which, wd, job, args.threads, args.mem_gib, args.timeout)
                     print(case["name"], case["length"], which, r, flush=True)
                     if "error" in r or which not in best or r["seconds"] < best[which].get("seconds", 1e30):
-                        best[which] = r if "error" not in best.get(which, {}) else best[which]
+                        keep = {k: v for k, v in best.get(which, {}).items() if k.startswith("best_")}
+                        best[which] = {**r, **keep} if "error" not in best.get(which, {}) else best[which]
                     if r.get("seconds_warm") is not None and "error" not in best[which]:
                         prev = best[which].get("best_warm")
                         best[which]["best_warm"] = min(prev or 1e30, r["seconds_warm"])
@@ -382,6 +383,17 @@ def main() -> None:
             rows.append({"case": case, "ours": best.get("ours"), "ct": best.get("ct"), "cmp": cmp})
     if not args.compare_only:
         write(rows, args)
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (ratios depend on it), or ``unknown``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _fmt(r: dict, key: str, f: str) -> str:
@@ -421,7 +433,7 @@ def write(rows: list[dict], args) -> None:
                 lines.append(f"\n{c['name']} {c['length']} tokens, {w}: `{x['error']}`{extra}\n")
     text = (
         "# Attribution: tc_circuits vs circuit-tracer\n\n"
-        f"Machine: {platform.machine()}, CPU, torch threads {args.threads} per side, load average "
+        f"Machine: {platform.machine()} ({_cpu_name()}), CPU, torch threads {args.threads} per side, load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores (timings are upper bounds; the "
         f"ratio is what counts; on a loaded machine the CPU seconds, `time.process_time` of each side, are the "
         f"fairer ratio). Best of {args.repeats} fresh subprocesses per side, interleaved; "
