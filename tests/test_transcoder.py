@@ -360,3 +360,26 @@ def test_interrupted_config_save_keeps_previous_checkpoint(tmp_path: Path, monke
     monkeypatch.undo()
     assert _files(tmp_path) == before
     _assert_same(old, Transcoder.load(tmp_path))
+
+
+def test_init_false_skips_only_the_random_init_and_loading_fills_every_parameter(tmp_path: Path) -> None:
+    cfg = _cfg("jumprelu", skip=True)
+    calls = []
+    orig = Transcoder.reset_parameters
+    try:
+        Transcoder.reset_parameters = lambda self, generator=None: calls.append(1)  # type: ignore[method-assign]
+        bare = Transcoder(cfg, init=False)
+        assert calls == []  # the loaders' path: no random init to overwrite
+        Transcoder(cfg)
+        assert calls == [1]
+    finally:
+        Transcoder.reset_parameters = orig  # type: ignore[method-assign]
+    assert [n for n, _ in bare.named_parameters()] == [n for n, _ in Transcoder(cfg).named_parameters()]
+    src = _randomise(Transcoder(cfg), seed=4)
+    src.save(tmp_path)
+    loaded = Transcoder.load(tmp_path)  # built with init=False, then every parameter loaded
+    _assert_same(src, loaded)
+    bare.load_tensors({n: p.detach() for n, p in src.named_parameters()})
+    _assert_same(src, bare)
+    with pytest.raises(ValueError, match="missing tensors"):  # a partial load is refused, so nothing stays uninitialised
+        Transcoder(cfg, init=False).load_tensors({"W_enc": src.W_enc.detach()})

@@ -264,8 +264,9 @@ def writers_of(coders: Mapping[int, CoderLayer], out_layer: int) -> list[int]:
 class CrossLayerTranscoder(nn.Module):
     """Cross-layer transcoder: ``N`` encoders, ``N (N + 1) / 2`` decoder blocks (see the module doc)."""
 
-    def __init__(self, cfg: CLTConfig, *, dtype: torch.dtype = torch.float32, seed: int = 0):
-        """Build the CLT; ``seed`` seeds a private generator for the encoders' init."""
+    def __init__(self, cfg: CLTConfig, *, dtype: torch.dtype = torch.float32, seed: int = 0, init: bool = True):
+        """Build the CLT; ``seed`` seeds a private generator for the encoders' init.
+        ``init=False`` skips it (for a loader that fills every parameter next)."""
         super().__init__()
         self.cfg = cfg
         N, d_in, d_out, n = cfg.n_layers, cfg.d_in, cfg.d_out, cfg.n_latents
@@ -278,7 +279,8 @@ class CrossLayerTranscoder(nn.Module):
             nn.Parameter(torch.full((N, n), math.log(cfg.jumprelu_init_threshold), dtype=dtype))
             if cfg.activation == "jumprelu" else None
         )
-        self.reset_parameters(torch.Generator().manual_seed(seed))
+        if init:
+            self.reset_parameters(torch.Generator().manual_seed(seed))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Kaiming-uniform encoders (per layer, like ``Transcoder``), zero decoders / skip / biases."""
@@ -374,7 +376,7 @@ class CrossLayerTranscoder(nn.Module):
         tensors = load_safetensors(weights_path, "CLT weights", device=str(device))
         check_finite(tensors, str(weights_path))
         dtype = tensors["W_enc"].dtype if "W_enc" in tensors else torch.float32
-        clt = cls(cfg, dtype=dtype).to(device)
+        clt = cls(cfg, dtype=dtype, init=False).to(device)
         clt.load_tensors(tensors, source=str(weights_path))
         if model is not None:
             clt.check_compatible(model)
@@ -430,7 +432,7 @@ def clt_from_transcoder(tc: Transcoder) -> CrossLayerTranscoder:
         jumprelu_init_threshold=c.jumprelu_init_threshold, jumprelu_bandwidth=c.jumprelu_bandwidth,
         model_name=c.model_name, model_d_model=c.model_d_model, weight_processing=dict(c.weight_processing),
     )
-    clt = CrossLayerTranscoder(cfg, dtype=tc.W_enc.dtype)
+    clt = CrossLayerTranscoder(cfg, dtype=tc.W_enc.dtype, init=False)  # every parameter is loaded below
     t = {"W_enc": tc.W_enc[None], "b_enc": tc.b_enc[None], "W_dec.0": tc.W_dec[:, None], "b_dec": tc.b_dec[None]}
     if tc.W_skip is not None:
         t["W_skip"] = tc.W_skip[None]
