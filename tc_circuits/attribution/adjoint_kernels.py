@@ -18,6 +18,8 @@ its own position only. These helpers pick the live pairs and run the ``d x d`` m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -72,13 +74,16 @@ def attention_rows(
     return live, (rows, positions[rows])
 
 
-def rows_matmul(x: Float[Tensor, "n d"], W: Float[Tensor, "d e"], live: Tensor | None) -> Float[Tensor, "n e"]:
-    """``x @ W`` computing only the rows in ``live`` (the others are known zero); ``None``: dense."""
+def rows_matmul(
+    x: Float[Tensor, "n d"], W: Float[Tensor, "d e"], live: Tensor | None, mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul
+) -> Float[Tensor, "n e"]:
+    """``x @ W`` computing only the rows in ``live`` (the others are known zero); ``None``: dense.
+    ``mm``: the product to use (e.g. a :class:`~tc_circuits.attribution.packed_matmul.PackedMatmul`)."""
     if live is None:
-        return x @ W
+        return mm(x, W)
     out = x.new_zeros(x.shape[0], W.shape[1])
     if live.numel():
-        out.index_copy_(0, live, x.index_select(0, live) @ W)
+        out.index_copy_(0, live, mm(x.index_select(0, live), W))
     return out
 
 

@@ -43,6 +43,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tc_circuits.attribution import adjoint_kernels as kernels
+from tc_circuits.attribution.packed_matmul import PackedMatmul
 from tc_circuits.coders.clt import decode_output, decoder_of, layer_coders
 from tc_circuits.coders.transcoder import Transcoder
 from tc_circuits.models import backend
@@ -160,6 +161,7 @@ class LinearisedModel:
         ov = [backend.attn_ov(model, L) for L in range(self.n_layers)]  # either backend; K/V heads expanded
         self.W_V, self.b_V, self.W_O, self.b_O = ([o[i] for o in ov] for i in range(4))
         self._fold_cache: dict[tuple[str, int, torch.dtype], Tensor] = {}
+        self._mm = PackedMatmul()  # x @ W for the fixed matrices (oneDNN, packed once, on CPU float32)
         self._encode()
 
     # ------------------------------------------------------------------ transcoders
@@ -322,7 +324,7 @@ class LinearisedModel:
             if nonzero and tc is not None and tc.W_skip is not None:
                 above = layers > L  # rows injected above this layer
                 live_in = kernels.live_rows(valid_pos & above[:, None] & (~single[:, None] | at_pos))
-                h = kernels.rows_matmul(g.reshape(B * P, -1), self._folded("skip", L, g.dtype), live_in).reshape(B, P, -1)
+                h = kernels.rows_matmul(g.reshape(B * P, -1), self._folded("skip", L, g.dtype), live_in, self._mm).reshape(B, P, -1)
             inj = None  # rows injected here with no skip path: (rows, positions, vectors), added in place
             if bool(sel.any()):
                 v_in = self.ln2[L].fold(vectors[sel], affine=False)
@@ -406,18 +408,18 @@ class LinearisedModel:
             W_V_T = self.W_V[L].to(g.dtype).permute(0, 2, 1).reshape(H * dh, d)
         flat = g.reshape(B * P, d)
         if live is None:
-            gz = (W_O_flat @ flat.T).view(H, dh * B, P)  # [(h, e), (b, p)]
+            gz = self._mm(flat, W_O_flat.T).T.contiguous().view(H, dh * B, P)  # [(h, e), (b, p)]
             gv = kernels.causal_right_matmul(gz, A).view(H * dh, B * P)
-            out = (gv.T @ W_V_T).view(B, P, d)
+            out = self._mm(gv.T, W_V_T).view(B, P, d)
         elif single is not None and not live.numel() and single[0].numel() == B:
             out = None  # every row is rank one: the bmm below writes all of ``out``
         else:
             out = g.new_zeros(B * P, d)
             if live.numel():
                 gz = g.new_zeros(H * dh, B * P)
-                gz.index_copy_(1, live, W_O_flat @ flat.index_select(0, live).T)
+                gz.index_copy_(1, live, self._mm(flat.index_select(0, live), W_O_flat.T).T)
                 gv = kernels.causal_right_matmul(gz.view(H, dh * B, P), A).view(H * dh, B * P)
-                out.index_copy_(0, live, gv.index_select(1, live).T @ W_V_T)
+                out.index_copy_(0, live, self._mm(gv.index_select(1, live).T, W_V_T))
             out = out.view(B, P, d)
         if single is not None:
             rows, pos = single
