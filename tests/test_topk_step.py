@@ -166,3 +166,31 @@ def test_trainer_switching_paths_midway_does_not_leak_gradients(monkeypatch):
     for name, grad in expected.items():
         torch.testing.assert_close(captured[name], grad, rtol=0, atol=0, msg=name)
     trainer.store.close()
+
+
+@pytest.mark.skipif(not __import__("tc_circuits.onednn", fromlist=["available"]).available(), reason="no oneDNN linear")
+@pytest.mark.parametrize("dead_every", [3, 1000])
+def test_fused_step_with_the_onednn_encoder_equals_reference(monkeypatch, dead_every):
+    """The encoder product through oneDNN (forced on this narrow coder): same TopK, loss and
+    gradients as the reference to float32 rounding; the default width threshold leaves it off here."""
+    tc = _tc()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(40, 8, generator=g), torch.randn(40, 9, generator=g)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::dead_every] = True
+    den = losses.centered_sum_sq(y)
+    ref_loss, ref_idx, ref_grads = _reference(tc, x, y, den, dead, 0.5, monkeypatch)
+    ws = TopKWorkspace()
+    with torch.no_grad():  # as inside the fused step
+        pre0 = topk_step._encoder(tc, x, ws, 40, 64)  # default threshold (256 > d_in 8): addmm into the workspace
+        assert pre0.data_ptr() == ws.get("pre", (40, 64), tc.W_enc).data_ptr()
+        monkeypatch.setattr(topk_step, "_ONEDNN_ENCODER_MIN_D_IN", 0)
+        pre = topk_step._encoder(tc, x, ws, 40, 64)
+        assert pre.data_ptr() != pre0.data_ptr()
+        torch.testing.assert_close(pre, torch.addmm(tc.b_enc, x, tc.W_enc), rtol=1e-6, atol=1e-6)
+    for _ in range(2):
+        res = topk_loss_and_grads(tc, x, y, den, dead=dead, auxk_alpha=0.5, workspace=ws)
+        torch.testing.assert_close(res.loss, ref_loss, rtol=1e-6, atol=1e-7)
+        assert torch.equal(res.indices.sort(-1).values, ref_idx)
+        for p, ref in zip(tc.parameters(), ref_grads):
+            torch.testing.assert_close(p.grad, ref, rtol=1e-5, atol=1e-6)

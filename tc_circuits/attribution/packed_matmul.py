@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tc_circuits import onednn
+
 __all__ = ["PackedMatmul", "onednn_available"]
 
 #: False: every product is the plain ``x @ W`` (the reference the fast path is tested against)
@@ -33,14 +35,7 @@ _MAX_ENTRIES = 128
 
 def onednn_available() -> bool:
     """Whether this PyTorch has oneDNN's prepacked linear (x86 / ARM CPU builds with MKL-DNN)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without the mkldnn namespace
-        return False
-
-
-_AVAILABLE = onednn_available()
+    return onednn.available()
 
 
 class PackedMatmul:
@@ -57,7 +52,7 @@ class PackedMatmul:
 
     def _usable(self, x: Tensor, W: Tensor) -> bool:
         return (
-            _ENABLED and _AVAILABLE and x.dim() == 2 and W.dim() == 2
+            _ENABLED and onednn.available() and x.dim() == 2 and W.dim() == 2
             and x.dtype == torch.float32 and W.dtype == torch.float32
             and x.device.type == "cpu" and W.device.type == "cpu"
             and x.shape[0] > 0 and x.shape[1] == W.shape[0] and min(W.shape) >= _MIN_WIDTH
@@ -78,4 +73,4 @@ class PackedMatmul:
     def __call__(self, x: Float[Tensor, "n d_in"], W: Float[Tensor, "d_in d_out"]) -> Float[Tensor, "n d_out"]:
         if not self._usable(x, W):
             return x @ W
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed(W, x.shape[0]), None, "none", [], "")
+        return onednn.linear(x, self.packed(W, x.shape[0]))
