@@ -24,6 +24,15 @@ def _tc(d=8, d_out=9, n=64, k=4, skip=True, dtype=torch.float32, seed=0):
     return tc
 
 
+def _batch(dead_every):
+    """40 rows of (x [40, 8], y [40, 9]), every ``dead_every``-th of 64 latents dead, FVU denominator."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(40, 8, generator=g), torch.randn(40, 9, generator=g)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::dead_every] = True
+    return x, y, dead, losses.centered_sum_sq(y)
+
+
 def _reference(tc, x, y, den, dead, alpha, monkeypatch):
     """topk_forward + auxk_loss + backward with the plain reference kernels."""
     monkeypatch.setattr(losses, "_FAST_TRAIN_STEP", False)
@@ -50,11 +59,7 @@ def test_fused_step_equals_reference_values_and_gradients(monkeypatch, dead_ever
     if transposed_max is not None:
         monkeypatch.setattr(topk_step, "_TRANSPOSED_WRITE_MAX_NNZ", transposed_max)
     tc = _tc(skip=skip)
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(40, 8, generator=g), torch.randn(40, 9, generator=g)
-    dead = torch.zeros(64, dtype=torch.bool)
-    dead[::dead_every] = True
-    den = losses.centered_sum_sq(y)
+    x, y, dead, den = _batch(dead_every)
     ref_loss, ref_idx, ref_grads = _reference(tc, x, y, den, dead, 0.5, monkeypatch)
     ws = TopKWorkspace()
     for _ in range(2):  # the second call reuses the workspace and the gradient buffers
@@ -174,11 +179,7 @@ def test_fused_step_with_the_onednn_encoder_equals_reference(monkeypatch, dead_e
     """The encoder product through oneDNN (forced on this narrow coder): same TopK, loss and
     gradients as the reference to float32 rounding; the default width threshold leaves it off here."""
     tc = _tc()
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(40, 8, generator=g), torch.randn(40, 9, generator=g)
-    dead = torch.zeros(64, dtype=torch.bool)
-    dead[::dead_every] = True
-    den = losses.centered_sum_sq(y)
+    x, y, dead, den = _batch(dead_every)
     ref_loss, ref_idx, ref_grads = _reference(tc, x, y, den, dead, 0.5, monkeypatch)
     ws = TopKWorkspace()
     with torch.no_grad():  # as inside the fused step
