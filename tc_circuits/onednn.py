@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["available", "linear"]
+__all__ = ["applies", "available", "linear", "pack"]
 
 
 def _probe() -> bool:
@@ -33,3 +33,13 @@ def available() -> bool:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` by oneDNN (``weight``: ``[out, in]``, plain or prepacked)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def applies(*tensors: Tensor) -> bool:
+    """oneDNN is here and every tensor is a float32 CPU tensor (the case it is used for)."""
+    return _AVAILABLE and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def pack(weight: Tensor, batch: int) -> Tensor:
+    """``weight`` (``[out, in]``) reordered once into oneDNN's layout for ``batch``-row inputs."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, max(int(batch), 1))

@@ -7,7 +7,7 @@ oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, what ``torch.compile`` 
 with the weight reordered once (``_reorder_linear_weight``) runs the same float32 product at
 ~220 GFLOP/s (``python bench/bench_packed_matmul.py``). Both are plain float32 (no reduced
 precision): their results differ by rounding only (accumulation order; ~1e-6 relative,
-``tests/test_fast_paths.py``).
+``tests/test_packed_matmul.py``).
 
 :class:`PackedMatmul` is a per-prompt cache of the packed weights. It takes the oneDNN path for
 2-D float32 CPU products outside autograd of matrices at least :data:`_MIN_WIDTH` wide, when
@@ -33,9 +33,8 @@ _MIN_WIDTH = 256
 _MAX_ENTRIES = 128
 
 
-def onednn_available() -> bool:
-    """Whether this PyTorch has oneDNN's prepacked linear (x86 / ARM CPU builds with MKL-DNN)."""
-    return onednn.available()
+#: whether this PyTorch has oneDNN's linear (re-exported from :mod:`tc_circuits.onednn`)
+onednn_available = onednn.available
 
 
 class PackedMatmul:
@@ -52,9 +51,7 @@ class PackedMatmul:
 
     def _usable(self, x: Tensor, W: Tensor) -> bool:
         return (
-            _ENABLED and onednn.available() and x.dim() == 2 and W.dim() == 2
-            and x.dtype == torch.float32 and W.dtype == torch.float32
-            and x.device.type == "cpu" and W.device.type == "cpu"
+            _ENABLED and onednn.applies(x, W) and x.dim() == 2 and W.dim() == 2
             and x.shape[0] > 0 and x.shape[1] == W.shape[0] and min(W.shape) >= _MIN_WIDTH
             and not (torch.is_grad_enabled() and (x.requires_grad or W.requires_grad))
         )
@@ -67,7 +64,7 @@ class PackedMatmul:
             if len(self._packed) >= _MAX_ENTRIES:  # a caller passing fresh temporaries: bounded memory
                 self._packed.pop(next(iter(self._packed)))
             w = W.detach().T.contiguous()  # [d_out, d_in]: the linear layer's weight layout
-            hit = self._packed[key] = (W, torch.ops.mkldnn._reorder_linear_weight(w, max(int(batch), 1)))
+            hit = self._packed[key] = (W, onednn.pack(w, batch))
         return hit[1]
 
     def __call__(self, x: Float[Tensor, "n d_in"], W: Float[Tensor, "d_in d_out"]) -> Float[Tensor, "n d_out"]:

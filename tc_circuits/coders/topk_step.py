@@ -94,8 +94,7 @@ def _encoder(tc: Transcoder, x: Tensor, ws: TopKWorkspace, rows: int, n: int) ->
     """``x @ W_enc + b_enc``: oneDNN on its plain ``W_enc^T`` view where it applies, else ``addmm``."""
     W_enc = tc.W_enc
     m = _ONEDNN_ENCODER_MIN_D_IN
-    if (m is not None and onednn.available() and x.dtype == W_enc.dtype == torch.float32
-            and x.device.type == W_enc.device.type == "cpu" and x.dim() == 2 and W_enc.shape[0] >= m):
+    if m is not None and onednn.applies(x, W_enc) and x.dim() == 2 and W_enc.shape[0] >= m:
         return onednn.linear(x, W_enc.detach().T, tc.b_enc.detach())
     return torch.addmm(tc.b_enc, x, W_enc, out=ws.get("pre", (rows, n), W_enc))
 
